@@ -1,0 +1,98 @@
+"""Data plumbing for the training loop: records from a file or a world, batch order, layout choice."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pluralign.data.collate import Collator
+from pluralign.data.tokenize import TokenizedDataset
+
+log = logging.getLogger(__name__)
+
+
+def load_records(cfg, tokenizer):
+    """(train records, eval records or None) from ``data.path`` or ``data.world``; load reports logged."""
+    d = cfg.data
+    if (d.path is None) == (d.world is None):
+        raise ValueError("set exactly one of data.path and data.world")
+    if d.path is not None:
+        from pluralign.data.loaders import load_preferences
+
+        result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties)
+        log.info("%s", result.report.summary())
+        records = result.records
+    else:
+        records = world_records(d.world)
+    eval_records = None
+    if d.eval_path is not None:
+        from pluralign.data.loaders import load_preferences
+
+        ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties)
+        log.info("eval: %s", ev.report.summary())
+        eval_records = ev.records
+    elif d.eval_fraction > 0:
+        n_eval = max(1, int(round(d.eval_fraction * len(records))))
+        perm = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
+        eval_records = [records[i] for i in perm[:n_eval]]
+        records = [records[i] for i in sorted(perm[n_eval:])]
+    if not records:
+        raise ValueError("no training records left after loading")
+    return records, eval_records
+
+
+def world_records(wcfg):
+    from pluralign import worlds
+
+    world = worlds.get_world(wcfg.name)
+    if wcfg.kind == "pairs":
+        return world.sample_pairs(wcfg.num_records, seed=wcfg.seed)
+    return world.sample_rankings(wcfg.num_records, seed=wcfg.seed, k=wcfg.top_k)
+
+
+def batch_order(data: TokenizedDataset, global_batch: int, seed: int, group_by_length: bool) -> list[int]:
+    """A permutation of example indices for one epoch, deterministic in ``seed``.
+
+    With ``group_by_length``, each run of 50 global batches is sorted by length before being cut into
+    batches (less padding), and the batches are then shuffled, as TRL/HF ``group_by_length`` does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(data), generator=g).tolist()
+    if not group_by_length:
+        return perm
+    mega = global_batch * 50
+    batches = []
+    for start in range(0, len(perm), mega):
+        chunk = sorted(perm[start : start + mega], key=lambda i: -data[i].num_tokens_shared)
+        batches.extend(chunk[j : j + global_batch] for j in range(0, len(chunk), global_batch))
+    full = [b for b in batches if len(b) == global_batch]
+    rest = [i for b in batches if len(b) != global_batch for i in b]
+    shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+    return [i for b in shuffled for i in b] + rest
+
+
+@torch.no_grad()
+def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, batch_size: int, device, tol: float = 1e-4) -> str:
+    """``shared`` or ``plain``. For ``auto``, check once that shared-prefix log-probs equal the plain
+    ones on a few examples (the model must honour 4-D masks and position ids); fall back to plain
+    otherwise. The choice is logged."""
+    if requested != "auto":
+        return requested
+    sample = [data[i] for i in range(min(len(data), max(2, batch_size)))]
+    try:
+        was = module.training
+        module.eval()
+        shared = module(Collator(pad_id, "shared")(sample).to(device))[0]
+        plain = module(Collator(pad_id, "plain")(sample).to(device))[0]
+        module.train(was)
+        diff = float((shared - plain).abs().max())
+        scale = float(plain.abs().max()) + 1.0
+    except Exception as exc:  # a model that rejects 4-D masks
+        log.warning("shared-prefix layout unavailable (%s); using the plain layout", exc)
+        return "plain"
+    if diff > tol * scale:
+        log.warning("shared-prefix log-probs differ from plain by %.2e; using the plain layout", diff)
+        return "plain"
+    log.info("layout: shared prefix (checked against plain: max |diff| %.1e)", diff)
+    return "shared"
