@@ -45,7 +45,10 @@ def load_records(cfg, tokenizer):
 def world_records(wcfg):
     from pluralign import worlds
 
-    world = worlds.get_world(wcfg.name)
+    makers = {"default": worlds.default_world, "tiny": worlds.tiny_world}
+    if wcfg.name not in makers:
+        raise ValueError(f"data.world.name = {wcfg.name!r}; expected one of {sorted(makers)}")
+    world = makers[wcfg.name]()
     if wcfg.kind == "pairs":
         return world.sample_pairs(wcfg.num_records, seed=wcfg.seed)
     return world.sample_rankings(wcfg.num_records, seed=wcfg.seed, k=wcfg.top_k)

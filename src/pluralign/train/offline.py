@@ -76,10 +76,15 @@ def _steps(cfg: RunConfig, num_examples: int, world: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_records=None) -> TrainResult:
-    """Run preference optimization as configured; returns the trained (unwrapped) model and history."""
+def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_records=None, on_log=None) -> TrainResult:
+    """Run preference optimization as configured; returns the trained (unwrapped) model and history.
+
+    ``model``/``tokenizer``/``records`` replace what the config would load. ``on_log(step, model)``
+    is called at every logged step (and before the first, with step 0) and may return extra metrics
+    for the row, e.g. an exact evaluation on a world.
+    """
     check_objective_args(cfg.objective.name, cfg.objective.args)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=_cpu_data_parallel())
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     if accelerator.is_main_process:
@@ -127,6 +132,10 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     order, order_epoch = None, -1
     policy.train()
+    if on_log is not None and start_step == 0:
+        extra = on_log(0, accelerator.unwrap_model(policy).model) or {}
+        history.append({"step": 0, **extra})
+        logger.log({"step": 0, **extra})
     for step in range(start_step, total_steps):
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != order_epoch:  # the order depends only on (seed, epoch): resume lands on the same batches
@@ -157,13 +166,16 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         row = stats.reduce(accelerator, time.perf_counter() - t0)
-        row.update(step=done, epoch=done / per_epoch, learning_rate=scheduler.get_last_lr()[0])
+        row.update(step=done, epoch=done / per_epoch, learning_rate=scheduler.get_last_lr()[0], num_processes=world)
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         if eval_data is not None and cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == total_steps):
             row.update(evaluate(cfg, policy, eval_reference, eval_data, collator, device, _group_names(eval_data)))
+        logged = done % cfg.train.log_every == 0 or done == total_steps
+        if logged and on_log is not None:
+            row.update(on_log(done, accelerator.unwrap_model(policy).model) or {})
         history.append(row)
-        if done % cfg.train.log_every == 0 or done == total_steps:
+        if logged:
             logger.log(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", ex_s=f"{row['examples_per_second']:.1f}")
         bar.update(1)
@@ -175,6 +187,15 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(policy).model
     return TrainResult(out, total_steps, history, unwrapped, tokenizer, layout)
+
+
+def _cpu_data_parallel() -> bool:
+    """True under torchrun/accelerate with several processes and no GPU: accelerate only picks its
+    gloo CPU backend when told the run is on CPU, and would otherwise run each process alone."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1 and not torch.cuda.is_available()
 
 
 class _nullcontext:

@@ -1,0 +1,1 @@
+"""Evaluation of language models on worlds, and run reports."""

@@ -1,0 +1,26 @@
+"""Exact evaluation of a causal LM on a world: renormalise its candidate log-probs per prompt.
+
+For prompt x with candidates y_1..y_K the LM's policy on the world is
+
+    pi(y_k | x) = exp(log p_LM(y_k | x)) / sum_j exp(log p_LM(y_j | x)),
+
+with log p_LM summed over the candidate's tokens (EOS included). Any DPO-style log-ratio
+difference is unchanged by the renormalisation, so the lab's exact optima on the same finite
+problem are directly comparable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pluralign.logprobs import score_candidates
+from pluralign.worlds import evaluate_policy, renormalise
+
+
+def candidate_distributions(model, tokenizer, world) -> list[np.ndarray]:
+    return [renormalise(score_candidates(model, tokenizer, p, c).double().numpy()) for p, c in zip(world.prompts, world.candidates)]
+
+
+def evaluate_lm(model, tokenizer, world, reference_probs=None) -> dict:
+    """``pluralign.worlds.evaluate_policy`` on the LM's renormalised candidate distributions."""
+    return evaluate_policy(world, candidate_distributions(model, tokenizer, world), reference_probs)
