@@ -44,11 +44,12 @@ def _sft_records(world, copies: int) -> list[PreferenceRecord]:
     return recs * copies
 
 
-def _config(out: Path, objective: ObjectiveConfig, lr: float, steps: int, batch: int, log_every: int) -> RunConfig:
+def _config(out: Path, objective: ObjectiveConfig, lr: float, steps: int, batch: int, log_every: int,
+            max_grad_norm: float | None = 1.0) -> RunConfig:
     return RunConfig(
         model=ModelConfig(name="tiny"),
         objective=objective,
-        optim=OptimConfig(lr=lr, scheduler="constant", max_grad_norm=1.0),
+        optim=OptimConfig(lr=lr, scheduler="constant", max_grad_norm=max_grad_norm),
         train=TrainConfig(output_dir=str(out), batch_size=batch, max_steps=steps, log_every=log_every,
                           keep_checkpoints=1, progress_bar=True, seed=0),
     )
@@ -88,12 +89,13 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     out.mkdir(parents=True, exist_ok=True)
     world = default_world(seed)
     tokenizer = load_tokenizer("byte")
-    sft_steps, pref_steps, n_pairs = (60, 40, 640) if quick else (300, 300, 4800)
+    sft_steps, pref_steps, n_pairs = (150, 40, 640) if quick else (500, 300, 4800)
     log_every = 10 if quick else 20
 
     print(f"[1/4] SFT on the world's candidates ({sft_steps} steps)")
     base = load_model("tiny", tokenizer, seed=seed)
-    sft = train(_config(out / "sft", ObjectiveConfig(name="sft_all"), 3e-3, sft_steps, 8, log_every),
+    # summed NLL has large gradients early on; Adam handles the scale, so no clipping here
+    sft = train(_config(out / "sft", ObjectiveConfig(name="sft_all"), 3e-3, sft_steps, 8, log_every, None),
                 model=base, tokenizer=tokenizer, records=_sft_records(world, 32))
     pi_sft = candidate_distributions(sft.model, tokenizer, world)
 

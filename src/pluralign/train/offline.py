@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
             idx = order[lo : lo + bs]
             batch = collator([data[i] for i in idx], idx).to(device)
             sync = micro == accum - 1
-            with accelerator.no_sync(policy) if not sync else _nullcontext():
+            with accelerator.no_sync(policy) if not sync else nullcontext():
                 with accelerator.autocast():
                     pol, counts = policy(batch)
                     ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
@@ -198,14 +199,6 @@ def _cpu_data_parallel() -> bool:
     return world > 1 and not torch.cuda.is_available()
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _group_names(data: TokenizedDataset) -> list[str]:
     """Annotator groups for per-group metrics: ids of the form GROUP/ANNOTATOR are grouped by GROUP."""
     return [a.split("/", 1)[0] for a in data.annotators]
@@ -239,7 +232,7 @@ def _build_reference(cfg, accelerator, model, tokenizer, data, eval_data, collat
             tables.append(None)
             continue
         key = cache_key(fingerprint_model, tokenizer, part, cfg.model.dtype)
-        ctx = peft_policy.disable_adapter() if peft_policy is not None else _nullcontext()
+        ctx = peft_policy.disable_adapter() if peft_policy is not None else nullcontext()
         with ctx:
             logps, counts, built = precompute_reference(module, part, collator, cfg.train.batch_size, device,
                                                         cache_dir / f"{key}.safetensors", key, accelerator)
