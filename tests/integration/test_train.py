@@ -150,3 +150,22 @@ def test_real_hh_rlhf_pairs_load_validate_and_train(tmp_path):
     assert r.layout == "shared"
     assert r.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert r.history[-1]["loss"] < r.history[0]["loss"]
+
+
+def test_example_weights_scale_the_loss_and_the_update(pairs_file, tmp_path):
+    from pluralign.data import load_preferences
+
+    records = load_preferences(pairs_file).records
+    doubled = [type(r)(r.prompt, r.responses, r.ranking, r.annotator_id, 2.0) for r in records]
+    base = train(_cfg(pairs_file, tmp_path / "w1", "train.max_steps=1", "optim.max_grad_norm=null"), records=records)
+    heavy = train(_cfg(pairs_file, tmp_path / "w2", "train.max_steps=1", "optim.max_grad_norm=null"), records=doubled)
+    assert base.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert heavy.history[0]["loss"] == pytest.approx(2 * math.log(2), abs=1e-6)
+
+
+def test_gradient_checkpointing_and_bf16_autocast_track_fp32(pairs_file, tmp_path):
+    ref = train(_cfg(pairs_file, tmp_path / "fp32", "train.max_steps=2"))
+    ckpt = train(_cfg(pairs_file, tmp_path / "gc", "train.max_steps=2", "model.gradient_checkpointing=true"))
+    assert [h["loss"] for h in ckpt.history] == pytest.approx([h["loss"] for h in ref.history], abs=1e-6)
+    bf16 = train(_cfg(pairs_file, tmp_path / "bf16", "train.max_steps=2", "train.mixed_precision=bf16"))
+    assert [h["loss"] for h in bf16.history] == pytest.approx([h["loss"] for h in ref.history], abs=2e-2)

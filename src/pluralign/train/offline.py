@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -85,6 +86,9 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     for the row, e.g. an exact evaluation on a world.
     """
     check_objective_args(cfg.objective.name, cfg.objective.args)
+    # Several train() calls in one process (the demo, notebooks) may differ in mixed precision; the
+    # process group (PartialState) is kept, only the per-run accelerator state is reset.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=_cpu_data_parallel())
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
