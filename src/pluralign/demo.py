@@ -45,11 +45,12 @@ def _sft_records(world, copies: int) -> list[PreferenceRecord]:
 
 
 def _config(out: Path, objective: ObjectiveConfig, lr: float, steps: int, batch: int, log_every: int,
-            max_grad_norm: float | None = 1.0) -> RunConfig:
+            max_grad_norm: float | None = 1.0, scheduler: str = "constant") -> RunConfig:
     return RunConfig(
         model=ModelConfig(name="tiny"),
         objective=objective,
-        optim=OptimConfig(lr=lr, scheduler="constant", max_grad_norm=max_grad_norm),
+        optim=OptimConfig(lr=lr, scheduler=scheduler, warmup_ratio=0.1 if scheduler != "constant" else 0.0,
+                          max_grad_norm=max_grad_norm),
         train=TrainConfig(output_dir=str(out), batch_size=batch, max_steps=steps, log_every=log_every,
                           keep_checkpoints=1, progress_bar=True, seed=0),
     )
@@ -89,7 +90,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     out.mkdir(parents=True, exist_ok=True)
     world = default_world(seed)
     tokenizer = load_tokenizer("byte")
-    sft_steps, pref_steps, n_pairs = (150, 40, 640) if quick else (500, 300, 4800)
+    sft_steps, pref_steps, n_pairs = (150, 30, 960) if quick else (1500, 600, 9600)
     log_every = 10 if quick else 20
 
     print(f"[1/4] SFT on the world's candidates ({sft_steps} steps)")
@@ -105,7 +106,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
                   "rpo": ObjectiveConfig(name="rpo", beta=BETA, args={"eta": RPO_ETA})}
     for i, (name, objective) in enumerate(objectives.items(), start=2):
         print(f"[{i}/4] {name.upper()} on {n_pairs} pooled preference pairs ({pref_steps} steps)")
-        runs[name] = train(_config(out / name, objective, 1e-3, pref_steps, 16, log_every),
+        runs[name] = train(_config(out / name, objective, 5e-4, pref_steps, 32, log_every, scheduler="cosine"),
                            model=copy.deepcopy(sft.model), tokenizer=tokenizer, records=pairs,
                            on_log=_world_logger(world, tokenizer, pi_sft))
 
@@ -119,6 +120,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
         "lm_final": {n: {k: v for k, v in m.items() if not isinstance(v, dict)} for n, m in final.items()},
         "lm_sft": {"minority_mass": exact["sft"]["minority_mass"], "pm_divergence": exact["sft"]["pm_divergence"]},
         "chosen_logps": {n: [(h["step"], h.get("logps/chosen")) for h in r.history if "logps/chosen" in h] for n, r in runs.items()},
+        "chosen_logps_first_quarter": {n: _window_mean(r.history, 0.0, 0.25) for n, r in runs.items()},
+        "chosen_logps_last_quarter": {n: _window_mean(r.history, 0.75, 1.0) for n, r in runs.items()},
         "seconds": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -126,6 +129,20 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     (out / "report.md").write_text(_report(summary, runs))
     print(f"report: {out / 'report.md'}  ({summary['seconds']:.0f} s)")
     return summary
+
+
+def _window_mean(history: list[dict], lo: float, hi: float) -> float:
+    """Mean batch logps/chosen over a fraction [lo, hi) of the run (single batches are noisy)."""
+    vals = [h["logps/chosen"] for h in history if "logps/chosen" in h]
+    a, b = int(lo * len(vals)), max(int(lo * len(vals)) + 1, int(hi * len(vals)))
+    return float(np.mean(vals[a:b]))
+
+
+def _running_mean(values: list[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    n = np.minimum(np.arange(1, len(v) + 1), window)
+    return (c[1:] - c[np.arange(len(v)) + 1 - n]) / n
 
 
 def _plots(out: Path, runs: dict, exact: dict) -> None:
@@ -151,10 +168,11 @@ def _plots(out: Path, runs: dict, exact: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, r in runs.items():
-        pts = [(h["step"], h["logps/chosen"]) for h in r.history if "logps/chosen" in h]
-        ax.plot(*zip(*pts), color=colours[name], label=name.upper())
+        steps, vals = zip(*[(h["step"], h["logps/chosen"]) for h in r.history if "logps/chosen" in h])
+        ax.plot(steps, vals, color=colours[name], alpha=0.2, lw=0.8)
+        ax.plot(steps, _running_mean(list(vals), 25), color=colours[name], label=f"{name.upper()} (running mean of 25 steps)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean log pi(chosen | prompt) of the batch")
+    ax.set_ylabel("batch mean log pi(chosen | prompt)")
     ax.set_title("Chosen responses' log-probs (RPO's SFT term holds them up)")
     ax.legend()
     fig.tight_layout()
@@ -164,8 +182,7 @@ def _plots(out: Path, runs: dict, exact: dict) -> None:
 
 def _report(s: dict, runs: dict) -> str:
     e, f = s["exact"], s["lm_final"]
-    first = {n: r.history[1]["logps/chosen"] for n, r in runs.items()}
-    last = {n: r.history[-1]["logps/chosen"] for n, r in runs.items()}
+    first, last = s["chosen_logps_first_quarter"], s["chosen_logps_last_quarter"]
     lines = [
         "# pluralign demo",
         "",
@@ -191,7 +208,7 @@ def _report(s: dict, runs: dict) -> str:
         "",
         "## Chosen responses' log-probs during training",
         "",
-        "| objective | logps/chosen, step 1 | logps/chosen, last step |",
+        "| objective | mean logps/chosen, first quarter of the run | mean logps/chosen, last quarter |",
         "|---|---|---|",
         *[f"| {n.upper()} | {first[n]:.3f} | {last[n]:.3f} |" for n in runs],
         "",

@@ -91,6 +91,11 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=_cpu_data_parallel())
     set_seed(cfg.train.seed)
+    if accelerator.device.type == "cpu":
+        # Softmax probabilities of tokens being pushed down pass through the denormal range, where
+        # x86 CPUs run ~100x slower (measured: 3.6 vs 350 examples/s on the demo's SFT); flushing
+        # them to zero changes values below 1e-38 only.
+        torch.set_flush_denormal(True)
     out = Path(cfg.train.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
