@@ -52,6 +52,8 @@ def test_cli_train_end_to_end(pairs_file, tmp_path):
         assert key in rows[-1], key
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 1
     assert (out / "tensorboard").is_dir()
+    report = (out / "data_report.txt").read_text()
+    assert "records loaded: 48" in report and "0 truncated" in report
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
     from transformers import AutoModelForCausalLM
 

@@ -12,8 +12,10 @@ from pluralign.data.tokenize import TokenizedDataset
 log = logging.getLogger(__name__)
 
 
-def load_records(cfg, tokenizer):
-    """(train records, eval records or None) from ``data.path`` or ``data.world``; load reports logged."""
+def load_records(cfg, tokenizer, reports: list[str] | None = None):
+    """(train records, eval records or None) from ``data.path`` or ``data.world``. Load reports
+    (counts of loaded and skipped rows, the first problems) are logged and appended to ``reports``."""
+    reports = reports if reports is not None else []
     d = cfg.data
     if (d.path is None) == (d.world is None):
         raise ValueError("set exactly one of data.path and data.world")
@@ -22,15 +24,18 @@ def load_records(cfg, tokenizer):
 
         result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties)
         log.info("%s", result.report.summary())
+        reports.append(result.report.summary())
         records = result.records
     else:
         records = world_records(d.world)
+        reports.append(f"world {d.world.name!r}: {len(records)} {d.world.kind} records (seed {d.world.seed})")
     eval_records = None
     if d.eval_path is not None:
         from pluralign.data.loaders import load_preferences
 
         ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties)
         log.info("eval: %s", ev.report.summary())
+        reports.append("eval data\n" + ev.report.summary())
         eval_records = ev.records
     elif d.eval_fraction > 0:
         n_eval = max(1, int(round(d.eval_fraction * len(records))))

@@ -102,13 +102,18 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    reports: list[str] = []
     if records is None:
-        records, eval_records = load_records(cfg, tokenizer)
+        records, eval_records = load_records(cfg, tokenizer, reports)
     data = tokenize_records(records, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
     eval_data = (tokenize_records(eval_records, tokenizer, max_length=cfg.data.max_length,
                                   max_prompt_length=cfg.data.max_prompt_length) if eval_records else None)
+    reports.append(f"train: {data.report()}")
+    if eval_data is not None:
+        reports.append(f"eval: {eval_data.report()}")
     if accelerator.is_main_process:
         log.info("train data: %s", data.report())
+        (out / "data_report.txt").write_text("\n\n".join(reports) + "\n")
     model = _build_policy(cfg, tokenizer, model)
     policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens)
     device = accelerator.device
