@@ -1,0 +1,160 @@
+"""What every contender shares: run settings, thread pinning, turn-taking, peak RSS, the result.
+
+Each contender runs in its own subprocess (so its peak RSS is its own) and writes one JSON result.
+Timed steps exclude one-time set-up (imports, model load, tokenization, reference precompute);
+the reference precompute time is reported on its own.
+
+The contenders of a workload run in lockstep (:class:`Baton`): the parent lets one process work at
+a time -- first each one's set-up, then step 1 of each, step 2 of each, and so on. Only one
+contender computes at any moment, and whatever else the machine is doing slows all of them at
+nearly the same time, so their ratios stay meaningful on a shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RunSpec:
+    """Everything a contender needs; written by the parent as JSON."""
+
+    workload: dict  # _workloads.Workload.to_json()
+    model_dir: str  # save_pretrained folder of the shared tiny model
+    warmup_steps: int
+    timed_steps: int
+    passes: int = 2  # times the plan is trained through; each timed batch keeps its fastest pass
+    threads: int = 2
+    learning_rate: float = 1e-4
+    beta: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    pluralign_impl: str = "auto"  # trainer | components | auto (the trainer when the tree has it)
+    work_dir: str | None = None  # scratch space for trainer outputs (the parent removes it); None: system temp
+
+    @classmethod
+    def load(cls, path: str) -> "RunSpec":
+        with open(path) as handle:
+            return cls(**json.load(handle))
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as handle:
+            json.dump(asdict(self), handle)
+
+
+@dataclass
+class RunResult:
+    contender: str
+    version: str
+    workload: str
+    comparisons_per_step: int
+    timed_steps: int
+    timed_seconds: float = 0.0  # sum over timed batches of their fastest pass
+    first_pass_seconds: float = 0.0  # plain wall time of the first pass's timed steps
+    setup_seconds: float = 0.0  # process start to the first training step, precompute included
+    precompute_seconds: float = 0.0
+    tokens_timed: int = 0  # non-padding input tokens fed to the model in the timed steps
+    padded_tokens_timed: int = 0  # the same, padding included
+    peak_rss_mb: float = 0.0
+    load_average: list[float] = field(default_factory=list)  # 1-minute load average at the end (machine busy?)
+    step_seconds: list[float] = field(default_factory=list)  # every step of every pass
+    losses: list[float] = field(default_factory=list)  # every step of every pass, warm-up included
+    ref_logps: list[list[float]] = field(default_factory=list)  # per record, per response (pairs: per pair)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def comparisons_per_second(self) -> float:
+        return self.comparisons_per_step * self.timed_steps / self.timed_seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_timed / self.timed_seconds
+
+    def save(self, path: str) -> None:
+        self.peak_rss_mb = peak_rss_mb()
+        self.load_average = list(os.getloadavg())
+        with open(path, "w") as handle:
+            json.dump(asdict(self), handle)
+
+
+def pin_threads(threads: int) -> None:
+    """Same intra-op thread count for every contender (set before torch does any work), and the
+    same denormal flushing: pluralign's trainer flushes denormals on CPU, so every contender does,
+    and the ratios measure the layout and caching, not that setting."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (interop threads can only be set once, before any parallel work)
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def fold_step_times(result: RunResult, step_seconds: list[float], warmup: int, steps: int) -> None:
+    """Timed seconds = sum over the timed batches (plan positions >= warmup) of each batch's fastest
+    pass. A batch slowed in one pass (another process on a shared machine, the allocator's first
+    touch of a new shape) is usually not slowed in the other, so the minimum is the least disturbed
+    estimate of the contender's own cost. The first pass's plain sum is kept as well."""
+    per_pass = warmup + steps
+    if len(step_seconds) % per_pass:
+        raise RuntimeError(f"{len(step_seconds)} step times do not divide into passes of {per_pass}")
+    passes = [step_seconds[k : k + per_pass] for k in range(0, len(step_seconds), per_pass)]
+    result.step_seconds = list(step_seconds)
+    result.first_pass_seconds = sum(passes[0][warmup:])
+    result.timed_seconds = sum(min(p[b] for p in passes) for b in range(warmup, per_pass))
+
+
+class Baton:
+    """The child's side of the turn-taking: ``wait()`` blocks until the parent says go; ``handoff()``
+    tells the parent this turn is over, then waits for the next. Both return the time work resumes.
+    Without file descriptors (a contender run on its own) both return at once."""
+
+    def __init__(self, fds: str | None = None):
+        self.go = self.done = None
+        self.started: float | None = None  # when the first turn began: the contender's set-up starts
+        if fds:
+            go, done = (int(x) for x in fds.split(","))
+            self.go = os.fdopen(go, "rb", buffering=0)
+            self.done = os.fdopen(done, "wb", buffering=0)
+
+    def wait(self) -> float:
+        if self.go is not None and self.go.read(1) != b"g":
+            raise RuntimeError("the benchmark parent went away")
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now
+        return now
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.started
+
+    def handoff(self) -> float:
+        if self.done is not None:
+            self.done.write(b"d")
+        return self.wait()
+
+
+def child_environment(threads: int) -> dict:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        TQDM_DISABLE="1",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+        DISABLE_MLFLOW_INTEGRATION="TRUE",
+        WANDB_DISABLED="true",
+    )
+    return env
