@@ -100,7 +100,7 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     cfg.train.seed, cfg.train.log_every, cfg.train.eval_every, cfg.train.save_every = spec.seed, 1, None, None
     cfg.train.progress_bar, cfg.train.report_to = False, []
     result.notes.append(f"objective {cfg.objective.name}; layout shared; chunk_tokens {cfg.train.chunk_tokens}; "
-                        "optimizer torch.optim.AdamW defaults (single-tensor on CPU)")
+                        "optimizer torch.optim.AdamW (fused)")
 
     # Ordering hook: every epoch follows the shared plan (TRL gets the same order from its sampler).
     if len(order) != len(records) or sorted(order) != list(range(len(records))):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pluralign.attention import enable_prefix_attention, prefix_segments
 from pluralign.data.collate import Batch
 
 # Models whose logits are not simply lm_head(hidden): the generic fast path would be wrong for them.
@@ -71,21 +72,50 @@ class SequenceLogprobs(nn.Module):
     this module (rather than calling its parts from the trainer) keeps DDP/FSDP hooks on the path.
 
     ``chunk_tokens``: response tokens per logit chunk (None: one chunk, no recomputation).
+    ``prefix_attention``: shared-layout batches use the prefix-shared attention kernel of
+    :mod:`pluralign.attention` (True), the dense 4-D mask (False), or (None) the kernel when the
+    model supports it and, batch by batch, when its cost model says it beats the dense call (long
+    prompts and responses; short ones pay more in per-call overhead than they save).
+    ``attention_path`` says what was chosen and why; ``kernel_batches`` / ``dense_batches`` count
+    the shared-layout forwards that took each path.
     """
 
-    def __init__(self, model: nn.Module, chunk_tokens: int | None = 4096):
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = 4096, prefix_attention: bool | None = None):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.kernel_batches = self.dense_batches = 0
+        self.always_kernel = bool(prefix_attention)
+        if prefix_attention is False:
+            self.prefix_attention, self.attention_path = False, "dense 4-D mask (requested)"
+        else:
+            enabled, reason = enable_prefix_attention(model)
+            if prefix_attention and not enabled:
+                raise ValueError(f"prefix_attention=True, but the kernel cannot serve this model: {reason}")
+            self.prefix_attention = enabled
+            if not enabled:
+                self.attention_path = f"dense 4-D mask ({reason})"
+            else:
+                self.attention_path = reason + (" on every batch" if self.always_kernel else
+                                                " where its cost model beats the dense 4-D mask, batch by batch")
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = next(self.model.parameters()).dtype
-        if batch.layout == "shared":
-            attention_mask = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
+        inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids)
+        segments = None
+        if batch.layout == "shared" and self.prefix_attention:
+            segments = prefix_segments(batch.doc_ids, batch.part_ids)
+            if not (self.always_kernel or segments.kernel_pays()):
+                segments = None
+        if batch.layout != "shared":
+            inputs["attention_mask"] = (batch.doc_ids >= 0).long()
+        elif segments is not None:
+            inputs["prefix_segments"] = segments
+            self.kernel_batches += 1
         else:
-            attention_mask = (batch.doc_ids >= 0).long()
+            dtype = next(self.model.parameters()).dtype
+            inputs["attention_mask"] = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
+            self.dense_batches += 1
         split = split_decoder_and_head(self.model)
-        inputs = dict(input_ids=batch.input_ids, attention_mask=attention_mask, position_ids=batch.position_ids)
         if split is not None:
             decoder, head = split
             hidden = decoder(**inputs, use_cache=False).last_hidden_state

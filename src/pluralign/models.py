@@ -126,3 +126,13 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(table)}")
     return table[dtype]
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant). transformers renamed the method
+    (gradient_ -> activation_checkpointing_enable, with a renamed keyword); call whichever exists."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

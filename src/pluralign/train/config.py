@@ -29,6 +29,7 @@ class ModelConfig:
     tokenizer: str | None = None  # defaults to `name`; "byte" is the offline byte-level tokenizer
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights; bf16 only where the hardware has it)
     attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | None (model default)
+    prefix_attention: bool | None = None  # shared layout: prefix-shared SDPA kernel (None = when the model supports it)
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None  # train LoRA adapters; the reference is the base with adapters off
     seed: int = 0  # initialisation seed of the offline tiny models

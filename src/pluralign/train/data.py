@@ -102,5 +102,6 @@ def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, b
     if diff > tol * scale:
         log.warning("shared-prefix log-probs differ from plain by %.2e; using the plain layout", diff)
         return "plain"
-    log.info("layout: shared prefix (checked against plain: max |diff| %.1e)", diff)
+    log.info("layout: shared prefix, attention: %s (checked against plain: max |diff| %.1e)",
+             getattr(module, "attention_path", "?"), diff)
     return "shared"

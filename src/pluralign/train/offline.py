@@ -31,7 +31,7 @@ from transformers import get_scheduler
 from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedDataset, tokenize_records
 from pluralign.logprobs import SequenceLogprobs
-from pluralign.models import load_model, load_tokenizer
+from pluralign.models import enable_activation_checkpointing, load_model, load_tokenizer
 from pluralign.objectives import REFERENCE_FREE, PreferenceLogps, check_objective_args, compute_objective
 from pluralign.train.checkpoint import latest_checkpoint, save_checkpoint
 from pluralign.train.config import RunConfig, to_dict
@@ -57,7 +57,7 @@ def _build_policy(cfg: RunConfig, tokenizer, model=None):
         model = load_model(cfg.model.name, tokenizer, dtype=cfg.model.dtype,
                            attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     if cfg.model.lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -115,7 +115,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
         log.info("train data: %s", data.report())
         (out / "data_report.txt").write_text("\n\n".join(reports) + "\n")
     model = _build_policy(cfg, tokenizer, model)
-    policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens)
+    policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
     device = accelerator.device
     layout = choose_layout(cfg.data.layout, policy.to(device), data, tokenizer.pad_token_id, cfg.train.batch_size, device)
     collator = Collator(tokenizer.pad_token_id, layout, cfg.data.max_row_tokens)
@@ -201,8 +201,15 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
                             {"step": done, "epoch": done / per_epoch, "layout": layout}, cfg.train.keep_checkpoints)
     bar.close()
     logger.close()
+    scorer = accelerator.unwrap_model(policy)
+    padding = [row["padding_fraction"] for row in history if "padding_fraction" in row]
+    if padding and accelerator.is_main_process:
+        log.info("padding: %.1f%% of input tokens over the run (layout %s)", 100 * sum(padding) / len(padding), layout)
+    if layout == "shared" and accelerator.is_main_process:
+        log.info("attention: prefix kernel on %d, dense 4-D mask on %d shared-layout policy forwards (%s)",
+                 scorer.kernel_batches, scorer.dense_batches, scorer.attention_path)
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(policy).model
+    unwrapped = scorer.model
     return TrainResult(out, total_steps, history, unwrapped, tokenizer, layout)
 
 
@@ -236,7 +243,8 @@ def _build_reference(cfg, accelerator, model, tokenizer, data, eval_data, collat
         ref_model = None  # the policy with adapters disabled is the reference
     if ref_model is not None:
         ref_model.requires_grad_(False).eval().to(device)
-    module = SequenceLogprobs(ref_model if ref_model is not None else model, chunk_tokens=cfg.train.chunk_tokens).to(device)
+    module = SequenceLogprobs(ref_model if ref_model is not None else model, chunk_tokens=cfg.train.chunk_tokens,
+                             prefix_attention=cfg.model.prefix_attention).to(device)
     live = LiveReference(module, peft_policy)
     if not cfg.reference.precompute:
         return live, live
