@@ -8,10 +8,11 @@ responses y_1..y_K. The attention pattern it needs is
 
 A dense 4-D mask expresses this, but dense attention still computes every (query, key) product of
 the row, (|x| + sum_k |y_k|)^2 of them, most of which the mask then throws away. This module
-computes only the needed blocks, with :func:`torch.nn.functional.scaled_dot_product_attention`:
+computes only the needed blocks, with :func:`torch.nn.functional.scaled_dot_product_attention`
+on views of the row (nothing is gathered or padded):
 
-    prompts:   one causal SDPA over [G, |x|_max] (G prompts in the batch)
-    responses: one SDPA over [N, |y|_max] queries against [prompt keys ; own keys] (N responses)
+    each prompt:   one causal SDPA call over its own tokens
+    each response: one SDPA call, its queries against [prompt keys ; own keys], lower-right causal
 
 i.e. |x|^2 / 2 + sum_k |y_k| (|x| + |y_k|) products instead of (|x| + sum_k |y_k|)^2. Rotary
 position embeddings are applied by the model before attention from the batch's position ids
@@ -22,14 +23,17 @@ position embeddings are applied by the model before attention from the batch's p
 :class:`pluralign.logprobs.SequenceLogprobs` passes each shared-layout batch's
 :class:`PrefixSegments` down to it. Models that cannot use it (see
 :func:`supports_prefix_attention`) keep the dense 4-D mask, and the trainer checks the shared
-layout against the plain one once before training. One SDPA call per prompt and per response:
-on CPU this beats a dense masked call at every size we measured; on GPU with many short
-sequences a varlen kernel would cut the per-call launch cost (not implemented).
+layout against the plain one once before training.
+
+Each call has a fixed cost (about 150 us forward + backward on 2 CPU cores), so for short prompts
+and responses one dense masked call is faster: :meth:`PrefixSegments.kernel_pays` compares the
+two per batch. A varlen kernel (flash-attention's, on GPU) would remove that fixed cost; it is
+not implemented.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +60,20 @@ class PrefixSegments:
     bounds: tuple[tuple[int, ...], ...]
     groups: tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
     gaps: tuple[tuple[int, ...], ...]
+    # Additive response masks by (response length, prompt length, device, dtype), built once per
+    # batch and shared by every layer (and by recomputation under activation checkpointing).
+    masks: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def response_mask(self, size: int, prompt: int, device, dtype) -> torch.Tensor:
+        """[size, prompt + size] additive mask, lower-right causal: key j visible to query i iff
+        j <= i + prompt. Additive float masks go straight into the kernel (boolean ones are
+        converted on every call)."""
+        key = (size, prompt, device, dtype)
+        if key not in self.masks:
+            hidden = torch.ones(size, prompt + size, dtype=torch.bool, device=device).triu(prompt + 1)
+            self.masks[key] = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(
+                hidden, torch.finfo(dtype).min)
+        return self.masks[key]
 
     def kernel_pays(self, call_overhead: int = CALL_OVERHEAD_PRODUCTS) -> bool:
         """Whether the per-segment kernel is expected to beat one dense masked SDPA call, counting
@@ -128,16 +146,6 @@ def prefix_shared_attention(
         raise ValueError(f"prefix_segments describe {len(bounds)} rows of {bounds[0][-1]} tokens; "
                          f"attention got {batch} rows of {length}")
     gqa = heads != key.shape[1]
-    masks: dict[tuple[int, int], torch.Tensor] = {}
-
-    def response_mask(size: int, prompt: int) -> torch.Tensor:
-        # Lower-right causal, additive: key j visible to query i iff j <= i + prompt. Additive float
-        # masks go straight into the kernel (a boolean one is converted on every call).
-        if (size, prompt) not in masks:
-            hidden = torch.ones(size, prompt + size, dtype=torch.bool, device=query.device).triu(prompt + 1)
-            masks[size, prompt] = torch.zeros(hidden.shape, dtype=query.dtype, device=query.device).masked_fill(
-                hidden, torch.finfo(query.dtype).min)
-        return masks[size, prompt]
 
     def attend(q, k, v, mask=None):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
@@ -146,8 +154,7 @@ def prefix_shared_attention(
     out_rows = []
     # unbind/split (not slicing) so that backward assembles each gradient with one stack/cat.
     for r, (q_row, k_row, v_row) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
-        bounds = prefix_segments.bounds[r]
-        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        sizes = [b - a for a, b in zip(bounds[r][:-1], bounds[r][1:])]
         qs, ks, vs = (x[None].split(sizes, dim=2) for x in (q_row, k_row, v_row))
         pieces = [None] * len(sizes)
         for gap in prefix_segments.gaps[r]:
@@ -156,7 +163,8 @@ def prefix_shared_attention(
             pieces[p] = attend(qs[p], ks[p], vs[p])
             for s in responses:
                 keys, values = torch.cat([ks[p], ks[s]], dim=2), torch.cat([vs[p], vs[s]], dim=2)
-                pieces[s] = attend(qs[s], keys, values, response_mask(sizes[s], sizes[p]))
+                mask = prefix_segments.response_mask(sizes[s], sizes[p], query.device, query.dtype)
+                pieces[s] = attend(qs[s], keys, values, mask)
         out_rows.append(torch.cat(pieces, dim=2))
     return torch.cat(out_rows).transpose(1, 2).contiguous(), None
 
