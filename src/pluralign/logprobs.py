@@ -101,20 +101,17 @@ class SequenceLogprobs(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids)
-        segments = None
-        if batch.layout == "shared" and self.prefix_attention:
-            segments = prefix_segments(batch.doc_ids, batch.part_ids)
-            if not (self.always_kernel or segments.kernel_pays()):
-                segments = None
         if batch.layout != "shared":
             inputs["attention_mask"] = (batch.doc_ids >= 0).long()
-        elif segments is not None:
-            inputs["prefix_segments"] = segments
-            self.kernel_batches += 1
         else:
-            dtype = next(self.model.parameters()).dtype
-            inputs["attention_mask"] = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
-            self.dense_batches += 1
+            segments = prefix_segments(batch.doc_ids, batch.part_ids) if self.prefix_attention else None
+            if segments is not None and (self.always_kernel or segments.kernel_pays()):
+                inputs["prefix_segments"] = segments
+                self.kernel_batches += 1
+            else:
+                dtype = next(self.model.parameters()).dtype
+                inputs["attention_mask"] = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
+                self.dense_batches += 1
         split = split_decoder_and_head(self.model)
         if split is not None:
             decoder, head = split
