@@ -196,6 +196,11 @@ def supports_prefix_attention(model: torch.nn.Module) -> tuple[bool, str]:
     Needs attention dispatched through transformers' ``AttentionInterface`` with keyword
     arguments passed through (``_supports_attention_backend``), the 'sdpa' implementation (the
     kernel extends it), and no sliding window, logit soft-capping or mixed layer types."""
+    try:  # the attention and mask interfaces this extends (transformers >= 4.53)
+        from transformers import AttentionInterface  # noqa: F401
+        from transformers.masking_utils import AttentionMaskInterface  # noqa: F401
+    except ImportError:
+        return False, "this transformers release has no AttentionInterface/AttentionMaskInterface"
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(inner, "config", None)
     if config is None or not getattr(inner, "_supports_attention_backend", False):
