@@ -77,14 +77,16 @@ class PrefixSegments:
 
     def kernel_pays(self, call_overhead: int = CALL_OVERHEAD_PRODUCTS) -> bool:
         """Whether the per-segment kernel is expected to beat one dense masked SDPA call, counting
-        query-key products per head: dense ``rows * L^2`` against ``sum P^2/2 + sum S (P + S)``
-        plus ``call_overhead`` per SDPA call. Short segments lose: each call has a fixed cost."""
+        query-key products per head: dense ``rows * L^2`` against ``sum P^2 + sum S (P + S)``
+        plus ``call_overhead`` per SDPA call. The prompt counts P^2, not P^2/2: measured on CPU, a
+        causal call costs about as much as the full square. Short segments lose: each call has a
+        fixed cost."""
         rows, length = len(self.bounds), self.bounds[0][-1]
         kernel = 0
         for bounds, groups in zip(self.bounds, self.groups):
             for p, responses in groups:
                 prompt = bounds[p + 1] - bounds[p]
-                kernel += prompt * prompt // 2 + call_overhead
+                kernel += prompt * prompt + call_overhead
                 for s in responses:
                     size = bounds[s + 1] - bounds[s]
                     kernel += size * (prompt + size) + call_overhead

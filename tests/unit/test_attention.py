@@ -122,7 +122,7 @@ def test_cost_model_chooses_the_kernel_for_long_segments_only(tok):
     short, long = batch(20, 30), batch(256, 150)
     assert not prefix_segments(short.doc_ids, short.part_ids).kernel_pays()
     assert prefix_segments(long.doc_ids, long.part_ids).kernel_pays()
-    # rows * L^2 = 4 * 556^2 dense products against 4 * (256^2/2 + 2 * 150 * 406) + 12 calls' overhead
+    # rows * L^2 = 4 * 556^2 dense products against 4 * (256^2 + 2 * 150 * 406) + 12 calls' overhead
     assert not prefix_segments(long.doc_ids, long.part_ids).kernel_pays(call_overhead=10**6)
 
     model = load_model("tiny", tok)
