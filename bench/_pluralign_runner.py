@@ -4,8 +4,8 @@ Two implementations, chosen by ``RunSpec.pluralign_impl``:
 
 * ``trainer`` -- the library's own trainer, ``pluralign.train.offline.train``, configured for this
   work (layout shared, reference precomputed and cached, constant learning rate, no evaluation,
-  no progress bar, no intermediate checkpoints). Two hooks only observe or order it: its
-  ``batch_order`` is replaced by the shared batch plan (as TRL's sampler is), its
+  no progress bar, no intermediate checkpoints). Its ``order`` argument follows the
+  shared batch plan (as TRL's sampler does), its
   ``precompute_reference`` is timed, and ``on_log`` (called at every step) marks step ends.
 * ``components`` -- the same loop written from the library's parts (``Collator(layout="shared")``
   -> ``SequenceLogprobs`` -> ``compute_objective`` -> weighted mean -> backward -> clip -> AdamW),
@@ -102,10 +102,9 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     result.notes.append(f"objective {cfg.objective.name}; layout shared; chunk_tokens {cfg.train.chunk_tokens}; "
                         "optimizer torch.optim.AdamW (fused)")
 
-    # Ordering hook: every epoch follows the shared plan (TRL gets the same order from its sampler).
+    # Every epoch follows the shared plan (TRL gets the same order from its sampler).
     if len(order) != len(records) or sorted(order) != list(range(len(records))):
         raise RuntimeError("the plan must use every record exactly once per pass")
-    offline.batch_order = lambda data, global_batch, seed, group_by_length: list(order)
 
     precompute = offline.precompute_reference
 
@@ -129,7 +128,8 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
         resumed[0] = baton.handoff()
         return {}
 
-    trained = offline.train(cfg, records=records, on_log=on_log)
+    trained = offline.train(cfg, records=records, on_log=on_log,
+                            order=lambda data, global_batch, seed, group_by_length: list(order))
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
     result.losses = [row["loss"] for row in trained.history if "loss" in row]
 

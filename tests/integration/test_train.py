@@ -171,3 +171,19 @@ def test_gradient_checkpointing_and_bf16_autocast_track_fp32(pairs_file, tmp_pat
     assert [h["loss"] for h in ckpt.history] == pytest.approx([h["loss"] for h in ref.history], abs=1e-6)
     bf16 = train(_cfg(pairs_file, tmp_path / "bf16", "train.max_steps=2", "train.mixed_precision=bf16"))
     assert [h["loss"] for h in bf16.history] == pytest.approx([h["loss"] for h in ref.history], abs=2e-2)
+
+
+def test_epoch_order_hook_decides_the_batches(pairs_file, tmp_path):
+    calls = []
+
+    def reversed_order(data, global_batch, seed, group_by_length):
+        calls.append((global_batch, seed))
+        return list(range(len(data)))[::-1]
+
+    hooked = train(_cfg(pairs_file, tmp_path / "h", "train.max_steps=8", "train.seed=3"), order=reversed_order)
+    assert calls == [(8, 3), (8, 4)]  # one call per epoch (48 examples, batch 8), seed + epoch
+    flipped = tmp_path / "flipped.jsonl"
+    flipped.write_text("".join(reversed(pairs_file.read_text().splitlines(keepends=True))))
+    same = train(_cfg(flipped, tmp_path / "f", "train.max_steps=8", "train.seed=3"),
+                 order=lambda data, global_batch, seed, group_by_length: list(range(len(data))))
+    assert [h["loss"] for h in hooked.history] == pytest.approx([h["loss"] for h in same.history], abs=1e-6)

@@ -78,12 +78,16 @@ def _steps(cfg: RunConfig, num_examples: int, world: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_records=None, on_log=None) -> TrainResult:
+def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_records=None, on_log=None,
+          order=batch_order) -> TrainResult:
     """Run preference optimization as configured; returns the trained (unwrapped) model and history.
 
     ``model``/``tokenizer``/``records`` replace what the config would load. ``on_log(step, model)``
     is called at every logged step (and before the first, with step 0) and may return extra metrics
-    for the row, e.g. an exact evaluation on a world.
+    for the row, e.g. an exact evaluation on a world. ``order(data, global_batch, seed,
+    group_by_length)`` returns each epoch's permutation of example indices (default
+    :func:`pluralign.train.data.batch_order`); it must depend only on its arguments, or resume
+    would land on other batches.
     """
     check_objective_args(cfg.objective.name, cfg.objective.args)
     # Several train() calls in one process (the demo, notebooks) may differ in mixed precision; the
@@ -147,7 +151,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     history = []
     rank, world = accelerator.process_index, accelerator.num_processes
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-    order, order_epoch = None, -1
+    epoch_order, order_epoch = None, -1
     policy.train()
     if on_log is not None and start_step == 0:
         extra = on_log(0, accelerator.unwrap_model(policy).model) or {}
@@ -156,14 +160,14 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     for step in range(start_step, total_steps):
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != order_epoch:  # the order depends only on (seed, epoch): resume lands on the same batches
-            order = batch_order(data, bs * accum * world, cfg.train.seed + epoch, cfg.data.group_by_length)
+            epoch_order = order(data, bs * accum * world, cfg.train.seed + epoch, cfg.data.group_by_length)
             order_epoch = epoch
         stats = StepStats(groups, device)
         t0 = time.perf_counter()
         base = in_epoch * bs * accum * world
         for micro in range(accum):
             lo = base + (micro * world + rank) * bs
-            idx = order[lo : lo + bs]
+            idx = epoch_order[lo : lo + bs]
             batch = collator([data[i] for i in idx], idx).to(device)
             sync = micro == accum - 1
             with accelerator.no_sync(policy) if not sync else nullcontext():
