@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from pluralign.models import unwrap_peft
+
 PREFIX_ATTENTION = "pluralign_prefix"
 # Fixed cost of one SDPA call (forward + backward, with the split/cat around it) in units of
 # query-key products: measured on 2 CPU cores, head dim 32, ~150 us per call against ~30 ns per
@@ -203,7 +205,7 @@ def supports_prefix_attention(model: torch.nn.Module) -> tuple[bool, str]:
         from transformers.masking_utils import AttentionMaskInterface  # noqa: F401
     except ImportError:
         return False, "this transformers release has no AttentionInterface/AttentionMaskInterface"
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_peft(model)
     config = getattr(inner, "config", None)
     if config is None or not getattr(inner, "_supports_attention_backend", False):
         return False, "the model does not dispatch attention through transformers' AttentionInterface"
@@ -227,6 +229,5 @@ def enable_prefix_attention(model: torch.nn.Module) -> tuple[bool, str]:
     ok, reason = supports_prefix_attention(model)
     if ok:
         _register()
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inner.config._attn_implementation = PREFIX_ATTENTION
+        unwrap_peft(model).config._attn_implementation = PREFIX_ATTENTION
     return ok, reason

@@ -23,18 +23,15 @@ from torch.utils.checkpoint import checkpoint
 
 from pluralign.attention import enable_prefix_attention, prefix_segments
 from pluralign.data.collate import Batch
+from pluralign.models import unwrap_peft
 
 # Models whose logits are not simply lm_head(hidden): the generic fast path would be wrong for them.
 _LOGIT_POSTPROCESSING_ATTRS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
 
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def split_decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder returning hidden states, lm_head) when logits == lm_head(hidden), else None."""
-    inner = _unwrap_peft(model)
+    inner = unwrap_peft(model)
     config = getattr(inner, "config", None)
     if config is None or any(getattr(config, a, None) for a in _LOGIT_POSTPROCESSING_ATTRS):
         return None
