@@ -7,6 +7,7 @@ from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedExample
 from pluralign.logprobs import SequenceLogprobs, score_candidates
 from pluralign.models import load_model, load_tokenizer
+from tolerance import assert_close_scaled
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_batched_logprobs_equal_per_sequence(tok, impl):
         for b, ex in enumerate(exs):
             for k in range(4):
                 if k < len(ex.response_ids):
-                    assert sums[b, k].item() == pytest.approx(_manual(model, ex, k), abs=1e-5)
+                    assert sums[b, k].item() == pytest.approx(_manual(model, ex, k), rel=1e-5)
                     assert counts[b, k].item() == len(ex.response_ids[k])
                 else:
                     assert sums[b, k].item() == 0.0 and counts[b, k].item() == 0.0
@@ -55,8 +56,8 @@ def test_shared_prefix_gradients_equal_plain(tok):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         values.append(sums.detach())
     for g, v in zip(grads[1:], values[1:]):
-        assert torch.allclose(v, values[0], atol=1e-5)
-        assert torch.allclose(g, grads[0], atol=1e-5)
+        assert_close_scaled(v, values[0], what="log-probs")
+        assert_close_scaled(g, grads[0], what="gradients")
 
 
 def test_responses_never_see_each_other(tok):
@@ -83,4 +84,4 @@ def test_score_candidates_matches_manual(tok):
     model = load_model("tiny", tok).eval()
     scores = score_candidates(model, tok, "Q: hi\nA:", [" yes", " no thanks"])
     ex = TokenizedExample(tuple(tok("Q: hi\nA:").input_ids), (tuple(tok(" yes").input_ids) + (tok.eos_token_id,),), (0,))
-    assert scores[0].item() == pytest.approx(_manual(model, ex, 0), abs=1e-5)
+    assert scores[0].item() == pytest.approx(_manual(model, ex, 0), rel=1e-5)
