@@ -31,6 +31,7 @@ first 20 messages. An unreadable file, an unknown row format or an empty source 
 
 from __future__ import annotations
 
+from pluralign.errors import PluralignError
 import csv
 import gzip
 import json
@@ -57,7 +58,7 @@ _EXPECTED_FORMATS = (
 )
 
 
-class DataError(ValueError):
+class DataError(PluralignError):
     """Preference data cannot be loaded: a bad row (under ``on_error="raise"``) or a bad source."""
 
     def __init__(self, message: str, *, source: str | None = None, row: int | None = None,

@@ -17,6 +17,7 @@ Conventions (used by every objective downstream):
 
 from __future__ import annotations
 
+from pluralign.errors import PluralignError
 import math
 from dataclasses import dataclass
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from typing import Sequence
 TIE_POLICIES = ("truncate", "error", "skip")
 
 
-class RecordError(ValueError):
+class RecordError(PluralignError):
     """A record field holds an invalid value.
 
     ``field`` names the offending field (``"ranking"``, ``"scores"``, ...), ``detail`` says what is

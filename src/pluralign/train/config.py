@@ -6,6 +6,7 @@ here once. Unknown keys and ill-typed values are errors that name the key.
 
 from __future__ import annotations
 
+from pluralign.errors import PluralignError
 import dataclasses
 import types
 import typing
@@ -126,8 +127,8 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(PluralignError):
+    """A recipe key is unknown, ill-typed or out of range; the message names the key."""
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
