@@ -205,16 +205,23 @@ def cycle_instability(a: float, alpha: float, beta: float, lam: float) -> float:
     return float(alpha**2 + (a * beta * lam) ** 2 / 3.0)
 
 
-def cycle_strength(trajectory, window: int = DEFAULT_WINDOW) -> np.ndarray:
-    """Time-averaged coordinate variance of pi_t over the last ``window`` states, summed over responses.
+def cycle_strength(trajectory, window: int = DEFAULT_WINDOW, *, reduction: str = "sum") -> np.ndarray:
+    """Time-averaged coordinate variance of pi_t over the last ``window`` states (paper 4, §5.4).
 
-    ``trajectory``: [T, ..., K]. PAPERS.md §5.4-5.6 (a = 0.3, alpha = 0.5, beta = 6, lambda = 1:
-    0.137 over the last 1000 of 3000 steps; ~1e-30 when the run converges).
+    ``trajectory``: [T, ..., K]. Reading: PAPERS.md §5.4-5.5 leave open whether the K coordinate
+    variances are summed or averaged; ``reduction="sum"`` (default, the one :class:`MRSRun`
+    reports and the one that gives the §5.6 number: a = 0.3, alpha = 0.5, beta = 6, lambda = 1:
+    0.137 over the last 1000 of 3000 steps; ~1e-30 when the run converges) or ``"mean"``
+    (= sum / K). The two differ by the constant K, so classifications by a threshold agree once
+    the threshold is scaled.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     traj = np.asarray(trajectory, dtype=float)
     if traj.ndim < 2 or not 1 <= window <= traj.shape[0]:
         raise ValueError(f"trajectory must be [T, ..., K] with T >= window, got shape {traj.shape}")
-    return traj[-window:].var(axis=0).sum(axis=-1)
+    var = traj[-window:].var(axis=0)
+    return var.sum(axis=-1) if reduction == "sum" else var.mean(axis=-1)
 
 
 def entropy_collapsed(run: MRSRun, threshold: float = 1e-3) -> np.ndarray:
