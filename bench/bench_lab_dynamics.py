@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from pluralign.lab import (attribute_preference_matrices, classify_matrix, entropy_collapsed, mrs_ipo_run,
-                           mrs_ipo_step, parameter_grid)
+from pluralign.lab import attribute_preference_matrices, classify_matrix, mrs_ipo_run, mrs_ipo_step, parameter_grid
+from pluralign.lab.dynamics import classify_runs
 
 
 def main(argv=None) -> int:
@@ -58,14 +58,15 @@ def main(argv=None) -> int:
     max_diff = max(float(np.max(np.abs(run.final_pi[s, m] - pi))) for (m, s), pi in zip(pairs, loop_final))
 
     classes = np.array([classify_matrix(Pm) for Pm in P])
-    collapsed = entropy_collapsed(run)
+    status = classify_runs(run)
     table = []
     for s in range(n_settings):
         cyc = classes == "cyclic"
-        oscillating = float(np.mean(run.cycle_strength[s, cyc] > 1e-6)) if cyc.any() else None
+        oscillating = float(np.mean(status[s, cyc] == "oscillating")) if cyc.any() else None
         table.append({"alpha": float(alphas[s]), "beta": float(betas[s]), "lam": float(lams[s]),
                       "oscillating_cyclic_fraction": oscillating,
-                      "collapsed_fraction": float(np.mean(collapsed[s])),
+                      "collapsed_fraction": float(np.mean(status[s] == "collapsed")),
+                      "undetermined_fraction": float(np.mean(status[s] == "undetermined")),
                       "mean_final_entropy": float(np.mean(run.final_entropy[s]))})
 
     updates = total_pairs * args.steps
@@ -78,11 +79,12 @@ def main(argv=None) -> int:
           f"{updates / loop_seconds:12.3g}")
     print(f"speed-up: {loop_seconds / vec_seconds:.0f}x; max |pi_vec - pi_loop| on the subset = {max_diff:.2e}; "
           f"60 s budget {'met' if vec_seconds < 60 else 'MISSED'}")
-    print(f"\n{'alpha':>6s} {'beta':>5s} {'lam':>4s} {'osc. (cyclic)':>14s} {'collapsed':>10s} {'mean H':>8s}")
+    print(f"\n{'alpha':>6s} {'beta':>5s} {'lam':>4s} {'osc. (cyclic)':>14s} {'collapsed':>10s} {'unsettled':>10s} "
+          f"{'mean H':>8s}")
     for row in table:
         osc = "n/a" if row["oscillating_cyclic_fraction"] is None else f"{row['oscillating_cyclic_fraction']:.3f}"
         print(f"{row['alpha']:6.2f} {row['beta']:5.1f} {row['lam']:4.1f} {osc:>14s} "
-              f"{row['collapsed_fraction']:10.3f} {row['mean_final_entropy']:8.4f}")
+              f"{row['collapsed_fraction']:10.3f} {row['undetermined_fraction']:10.3f} {row['mean_final_entropy']:8.4f}")
 
     if args.json:
         with open(args.json, "w") as fh:

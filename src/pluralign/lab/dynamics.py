@@ -52,6 +52,8 @@ class MRSRun:
 
     ``window_mean``/``window_var``: per-coordinate mean and variance of pi_t over the last
     ``window`` states; ``cycle_strength`` = ``window_var`` summed over coordinates;
+    ``late_half_strength``: the same over the last ``window // 2`` states only (a sustained
+    oscillation has about the same strength in both; a decaying or drifting run does not);
     ``last_entropy_increase``: last step t with H(pi_t) > H(pi_{t-1}) + tol (-1 if none), so
     entropy is monotone non-increasing from that step on (only meaningful when
     ``entropy_tracked``); ``trajectory``: [steps+1, S, M, K] when recorded, else None.
@@ -65,6 +67,7 @@ class MRSRun:
     window_mean: np.ndarray
     window_var: np.ndarray
     cycle_strength: np.ndarray
+    late_half_strength: np.ndarray
     last_entropy_increase: np.ndarray
     steps: int
     window: int
@@ -135,6 +138,8 @@ def mrs_ipo_run(P, alpha, beta, lam, *, pi_ref=None, pi0=None, pi_init=None, ste
     first_window_step = steps + 1 - window  # window = states first_window_step .. steps
     anchor = pi.copy()  # shifted sums keep tiny variances accurate
     sum_d, sum_d2 = np.zeros_like(pi), np.zeros_like(pi)
+    half = max(window // 2, 1)
+    sum_h, sum_h2 = np.zeros_like(pi), np.zeros_like(pi)
     entropy_prev = np.log(total) - (pi * z).sum(axis=0)
     entropy = np.empty((S, M))
     last_increase = np.full((S, M), -1, dtype=np.int64)
@@ -169,17 +174,23 @@ def mrs_ipo_run(P, alpha, beta, lam, *, pi_ref=None, pi0=None, pi_init=None, ste
         elif t > first_window_step:
             np.subtract(pi, anchor, out=work)
             sum_d += work
+            if t > steps - half:
+                sum_h += work
             work *= work
             sum_d2 += work
+            if t > steps - half:
+                sum_h2 += work
         if record:
             trajectory[t] = np.moveaxis(pi, 0, -1)
 
     mean_d = sum_d / window
     var = np.maximum(sum_d2 / window - mean_d**2, 0.0)
+    half_var = var if window < 2 else np.maximum(sum_h2 / half - (sum_h / half) ** 2, 0.0)
     final_entropy = np.log(total) - (pi * z).sum(axis=0)
     to_sm = lambda x: np.moveaxis(x, 0, -1)  # noqa: E731  [K, S, M] -> [S, M, K]
     return MRSRun(alpha=a, beta=b, lam=c, final_pi=to_sm(pi), final_entropy=np.maximum(final_entropy, 0.0),
                   window_mean=to_sm(anchor + mean_d), window_var=to_sm(var), cycle_strength=var.sum(axis=0),
+                  late_half_strength=half_var.sum(axis=0),
                   last_entropy_increase=last_increase, steps=steps, window=window, trajectory=trajectory,
                   entropy_tracked=track_entropy)
 
@@ -205,16 +216,23 @@ def cycle_instability(a: float, alpha: float, beta: float, lam: float) -> float:
     return float(alpha**2 + (a * beta * lam) ** 2 / 3.0)
 
 
-def cycle_strength(trajectory, window: int = DEFAULT_WINDOW) -> np.ndarray:
-    """Time-averaged coordinate variance of pi_t over the last ``window`` states, summed over responses.
+def cycle_strength(trajectory, window: int = DEFAULT_WINDOW, *, reduction: str = "sum") -> np.ndarray:
+    """Time-averaged coordinate variance of pi_t over the last ``window`` states (paper 4, §5.4).
 
-    ``trajectory``: [T, ..., K]. PAPERS.md §5.4-5.6 (a = 0.3, alpha = 0.5, beta = 6, lambda = 1:
-    0.137 over the last 1000 of 3000 steps; ~1e-30 when the run converges).
+    ``trajectory``: [T, ..., K]. Reading: PAPERS.md §5.4-5.5 leave open whether the K coordinate
+    variances are summed or averaged; ``reduction="sum"`` (default, the one :class:`MRSRun`
+    reports and the one that gives the §5.6 number: a = 0.3, alpha = 0.5, beta = 6, lambda = 1:
+    0.137 over the last 1000 of 3000 steps; ~1e-30 when the run converges) or ``"mean"``
+    (= sum / K). The two differ by the constant K, so classifications by a threshold agree once
+    the threshold is scaled.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     traj = np.asarray(trajectory, dtype=float)
     if traj.ndim < 2 or not 1 <= window <= traj.shape[0]:
         raise ValueError(f"trajectory must be [T, ..., K] with T >= window, got shape {traj.shape}")
-    return traj[-window:].var(axis=0).sum(axis=-1)
+    var = traj[-window:].var(axis=0)
+    return var.sum(axis=-1) if reduction == "sum" else var.mean(axis=-1)
 
 
 def entropy_collapsed(run: MRSRun, threshold: float = 1e-3) -> np.ndarray:
@@ -224,6 +242,37 @@ def entropy_collapsed(run: MRSRun, threshold: float = 1e-3) -> np.ndarray:
         raise ValueError("entropy_collapsed needs a run made with track_entropy=True")
     monotone_tail = run.last_entropy_increase <= run.steps - run.window
     return (run.final_entropy < threshold) & monotone_tail
+
+
+OSCILLATION_THRESHOLD = 1e-6  # late-window cycle strength above this counts as oscillation
+MIN_CLASSIFY_WINDOW = 50  # fewer late states than this cannot tell a cycle from a transient
+RUN_STATUSES = ("converged", "oscillating", "collapsed", "undetermined")
+
+
+def classify_runs(run: MRSRun, threshold: float = OSCILLATION_THRESHOLD) -> np.ndarray:
+    """Label every (setting, matrix) of a run: converged, oscillating, collapsed or undetermined.
+
+    * collapsed: :func:`entropy_collapsed` (when entropy was tracked);
+    * converged: cycle strength <= ``threshold`` and not growing (late-half strength at most 1.5
+      times the whole window's, or below 1e-20 where the ratio is rounding noise);
+    * oscillating: cycle strength > ``threshold`` and sustained (late-half strength at least half
+      the whole window's: a decaying run or a monotone drift loses most of it, about 1/4 for a
+      linear drift);
+    * undetermined: anything else, and every run whose window has fewer than
+      ``MIN_CLASSIFY_WINDOW`` (50) states: run more steps before trusting a label.
+    Returns an array of strings shaped [S, M].
+    """
+    strength, half = run.cycle_strength, run.late_half_strength
+    labels = np.full(strength.shape, "undetermined", dtype=object)
+    if run.window < MIN_CLASSIFY_WINDOW:
+        return labels
+    converged = (strength <= threshold) & ((half <= 1.5 * strength) | (strength <= 1e-20))
+    oscillating = (strength > threshold) & (half >= 0.5 * strength)
+    labels[converged] = "converged"
+    labels[oscillating] = "oscillating"
+    if run.entropy_tracked:
+        labels[entropy_collapsed(run)] = "collapsed"
+    return labels
 
 
 def _centred_logit_map(P, pi_ref, pi0, alpha, beta, lam):
@@ -302,5 +351,6 @@ def mrs_dpo_run(P, alpha: float, beta: float, lam: float, *, pi_ref=None, pi0=No
                   final_pi=wrap(states[-1]), final_entropy=wrap(max(entropies[-1], 0.0)),
                   window_mean=wrap(late.mean(axis=0)), window_var=wrap(late.var(axis=0)),
                   cycle_strength=wrap(late.var(axis=0).sum()),
+                  late_half_strength=wrap(late[-max(window // 2, 1):].var(axis=0).sum()),
                   last_entropy_increase=wrap(increases[-1] + 1 if increases.size else -1),
                   steps=steps, window=window, trajectory=states[:, None, None, :] if record else None)

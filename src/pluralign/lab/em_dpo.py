@@ -70,16 +70,22 @@ def simulate_annotators(world: TabularWorld, n_annotators: int, n_per_annotator:
 @dataclass
 class EMDPOResult:
     """Fitted implicit rewards ``rewards`` [T, X, K] (centred per prompt), policies [T, X, K],
-    the underlying mixture fit and, when true types are given, the ARI of the MAP labels."""
+    the underlying mixture fit and, when true types are given, the ARI of the MAP labels.
+
+    ``cluster_policies`` [T, X, K]: the first M-step's policies, DPO on each initial cluster (the
+    Cluster-DPO baseline when initialised by k-means; ``cluster_ari`` scores those clusters)."""
 
     rewards: np.ndarray
     policies: np.ndarray
     fit: PLMixtureFit
     ari: float | None = None
+    cluster_policies: np.ndarray | None = None
+    cluster_ari: float | None = None
 
 
 def em_dpo_tabular(orders, annotator, pi_ref, beta: float, n_types: int, rng: np.random.Generator, *,
-                   max_iter: int = 100, n_restarts: int = 3, ridge: float = 1e-4, true_types=None) -> EMDPOResult:
+                   max_iter: int = 100, n_restarts: int = 3, ridge: float = 1e-4, true_types=None,
+                   init: str = "kmeans") -> EMDPOResult:
     """EM-DPO with tabular policies (paper 3, PAPERS.md §4.4).
 
     E-step: ``gamma[i, k] ∝ eta_k prod_{o in D_i} l_k(o)`` in log space, with ``l_k`` the DPO pair
@@ -87,7 +93,10 @@ def em_dpo_tabular(orders, annotator, pi_ref, beta: float, n_types: int, rng: np
     ``eta`` floored at 1e-6. M-step: per type, gamma-weighted (PL-)DPO over the table
     ``r̂_k = beta log(pi_k/pi_ref)``, i.e. weighted PL maximum likelihood with a small ridge
     ``(ridge/2)||r̂_k||^2`` (it only picks the per-prompt constant and keeps unseen responses
-    finite), solved by L-BFGS. ``orders`` index items ``x * K + y``.
+    finite), solved by Newton. ``orders`` index items ``x * K + y``.
+    Initialisation ``init="kmeans"`` (default, the authors' choice): one-hot gamma from k-means on
+    each annotator's own tabular fit, so the first M-step gives the Cluster-DPO policies;
+    ``init="dirichlet"``: random soft assignments, best of ``n_restarts``.
     """
     pi_ref = as_distribution(pi_ref, "pi_ref")
     if pi_ref.ndim != 2:
@@ -95,9 +104,18 @@ def em_dpo_tabular(orders, annotator, pi_ref, beta: float, n_types: int, rng: np
     beta = as_positive(beta, "beta")
     X, K = pi_ref.shape
     fit = fit_pl_mixture(orders, annotator, np.eye(X * K), n_types, rng, max_iter=max_iter,
-                         n_restarts=n_restarts, ridge=ridge)
-    rewards = fit.theta.reshape(n_types, X, K)
-    rewards = rewards - rewards.mean(axis=2, keepdims=True)
-    policies = kl_rlhf_optimum(rewards, pi_ref[None], beta)
+                         n_restarts=n_restarts, ridge=ridge, init=init)
+
+    def policies_of(theta):
+        rewards = theta.reshape(n_types, X, K)
+        rewards = rewards - rewards.mean(axis=2, keepdims=True)
+        return rewards, kl_rlhf_optimum(rewards, pi_ref[None], beta)
+
+    rewards, policies = policies_of(fit.theta)
+    _, cluster_policies = policies_of(fit.initial_theta)
     ari = None if true_types is None else adjusted_rand_index(true_types, fit.labels)
-    return EMDPOResult(rewards=rewards, policies=policies, fit=fit, ari=ari)
+    cluster_ari = None
+    if true_types is not None and fit.initial_labels is not None:
+        cluster_ari = adjusted_rand_index(true_types, fit.initial_labels)
+    return EMDPOResult(rewards=rewards, policies=policies, fit=fit, ari=ari, cluster_policies=cluster_policies,
+                       cluster_ari=cluster_ari)

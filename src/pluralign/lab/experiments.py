@@ -1,7 +1,8 @@
 """The lab's reproducible experiments: each returns a JSON-ready dict and writes its files.
 
 Used by ``pluralign lab <name>``; every function takes an output directory and writes
-``<name>.json`` (and a PNG where a picture helps). matplotlib is imported lazily (Agg backend).
+``<name>.json`` and a PNG (:mod:`pluralign.lab.plots`). A result's ``warnings`` list says when a
+label (converged / oscillating, an ARI) rests on too few steps or annotators to be trusted.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from . import plots
+from .bandit import bandit_experiment
 from .collapse import collapse_reference_numbers, preference_collapse_table
-from .dynamics import (contraction_bound, cycle_instability, entropy_collapsed, mrs_dpo_run, mrs_ipo_run,
-                       parameter_grid)
+from .dynamics import (MIN_CLASSIFY_WINDOW, classify_runs, contraction_bound, cycle_instability, mrs_dpo_run,
+                       mrs_ipo_run, parameter_grid)
 from .em_dpo import em_dpo_tabular, random_world, simulate_annotators
 from .generators import TRANSITIVE_EXAMPLE, cyclic_matrix
-from .identify import identifiability_experiment
+from .identify import ari_chance_level, ari_warning, identifiability_experiment
 from .mmra import mmra_hedge, mmra_lp, payoff_matrix, regret_matrix, worst_case_regret
 
 CYCLE_START = (0.5, 0.3, 0.2)  # a perturbed start: the uniform point is itself a fixed point
-OSCILLATION_THRESHOLD = 1e-6  # late-window variance above this counts as persistent oscillation
 
 
 def _jsonable(obj):
@@ -45,38 +47,14 @@ def write_json(data: dict, path: Path) -> Path:
     return path
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def collapse(out_dir, p_majority: float = 0.51) -> dict:
     """Preference-collapse table (paper 1, §2.2) -> collapse.json, collapse.png."""
     out = Path(out_dir)
     rows = preference_collapse_table(p_majority)
-    result = {"p_majority": p_majority, "reference_numbers": collapse_reference_numbers(p_majority), "rows": rows}
+    result = {"p_majority": p_majority, "reference_numbers": collapse_reference_numbers(p_majority), "rows": rows,
+              "warnings": []}
     write_json(result, out / "collapse.json")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    betas = sorted({r["beta"] for r in rows})
-    for ref in sorted({r["ref_majority"] for r in rows}):
-        ys = [next(r["kl_rlhf_minority"] for r in rows if r["beta"] == b and r["ref_majority"] == ref) for b in betas]
-        ax.plot(betas, ys, marker="o", label=f"KL-RLHF, pi_ref(y1)={ref:g}")
-    ax.plot(betas, [next(r["pm_rlhf_minority"] for r in rows if r["beta"] == b) for b in betas], "k--",
-            label="PM-RLHF softmax(r/beta)")
-    ax.axhline(1 - p_majority, color="g", lw=2, label=f"preference matching ({1 - p_majority:g})")
-    ax.set_xscale("log")
-    ax.set_xlabel("beta")
-    ax.set_ylabel("minority mass pi(y2)")
-    ax.set_title(f"Preference collapse, P(y1 > y2) = {p_majority:g}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "collapse.png", dpi=120)
-    plt.close(fig)
+    plots.collapse_figure(rows, p_majority, out / "collapse.png")
     return result
 
 
@@ -95,46 +73,45 @@ def _dynamics_cases():
     return cases
 
 
+def _unsettled_warning(what: str, steps: int, window: int) -> str:
+    if window < MIN_CLASSIFY_WINDOW:
+        return (f"{what}: a late window of {window} states is too short to classify "
+                f"(need {MIN_CLASSIFY_WINDOW}); label left 'undetermined', run more steps")
+    return (f"{what}: not settled after {steps} steps (the late-window variance is still changing); "
+            "label left 'undetermined', run more steps")
+
+
 def dynamics(out_dir, steps: int = 3000, window: int = 1000, dpo_steps: int = 300) -> dict:
-    """Named MRS-IPO / MRS-DPO cases of paper 4 §5.6 -> dynamics.json, dynamics.png."""
+    """Named MRS-IPO / MRS-DPO cases of paper 4 §5.6 -> dynamics.json, dynamics.png.
+
+    Each case is labelled by :func:`pluralign.lab.dynamics.classify_runs` over the last
+    ``min(window, steps // 3)`` states; a case that cannot be labelled says so in ``warnings``.
+    """
     out = Path(out_dir)
-    window = min(window, max(1, steps // 3))
-    cases, trajectories = [], {}
+    cases, trajectories, warnings = [], {}, []
     for name, kind, P, cycle_a, alpha, beta, lam, start in _dynamics_cases():
-        if kind == "ipo":
-            run = mrs_ipo_run(P, alpha, beta, lam, pi_init=start, steps=steps, window=window, record=True)
-        else:
-            run = mrs_dpo_run(P, alpha, beta, lam, pi_init=start, steps=dpo_steps, window=min(window, dpo_steps // 3),
-                              record=True)
-        strength = float(run.cycle_strength[0, 0])
-        collapsed = bool(entropy_collapsed(run)[0, 0])
-        status = "collapsed" if collapsed else ("oscillating" if strength > OSCILLATION_THRESHOLD else "converged")
+        n_steps = steps if kind == "ipo" else dpo_steps
+        win = min(window, max(1, n_steps // 3))
+        runner = mrs_ipo_run if kind == "ipo" else mrs_dpo_run
+        run = runner(P, alpha, beta, lam, pi_init=start, steps=n_steps, window=win, record=True)
+        status = str(classify_runs(run)[0, 0])
+        if status == "undetermined":
+            warnings.append(_unsettled_warning(name, n_steps, win))
         case = {"name": name, "method": kind, "P": P, "alpha": alpha, "beta": beta, "lam": lam,
                 "pi_init": start, "steps": run.steps, "window": run.window,
                 "final_pi": run.final_pi[0, 0], "final_entropy": float(run.final_entropy[0, 0]),
-                "cycle_strength": strength, "last_entropy_increase": int(run.last_entropy_increase[0, 0]),
+                "cycle_strength": float(run.cycle_strength[0, 0]),
+                "late_half_cycle_strength": float(run.late_half_strength[0, 0]),
+                "last_entropy_increase": int(run.last_entropy_increase[0, 0]),
                 "contraction_bound": contraction_bound(P, alpha, beta, lam),
                 "effective_strength": beta * lam / (1 - alpha) if alpha < 1 else float("inf"), "status": status}
         if cycle_a is not None:  # the IPO criterion; MRS-DPO has different thresholds
             case["instability"] = cycle_instability(cycle_a, alpha, beta, lam)
         cases.append(case)
         trajectories[name] = run.trajectory[:, 0, 0, :]
-    result = {"cases": cases}
+    result = {"cases": cases, "warnings": warnings}
     write_json(result, out / "dynamics.json")
-    plt = _pyplot()
-    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
-    for ax, case in zip(axes.ravel(), cases):
-        traj = trajectories[case["name"]]
-        shown = min(traj.shape[0], 400)
-        for k in range(traj.shape[1]):
-            ax.plot(np.arange(shown), traj[:shown, k], lw=1, label=f"pi({k + 1})")
-        ax.set_title(f"{case['name']}\n{case['status']}, H={case['final_entropy']:.3g}", fontsize=8)
-        ax.set_xlabel("round t")
-        ax.set_ylim(-0.02, 1.02)
-    axes.ravel()[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "dynamics.png", dpi=110)
-    plt.close(fig)
+    plots.dynamics_figure(cases, trajectories, out / "dynamics.png")
     return result
 
 
@@ -143,8 +120,9 @@ def phase(out_dir, a: float = 0.3, n_alpha: int = 41, n_strength: int = 41, max_
     """Phase diagram over alpha and beta*lambda (lambda = 1) for the a-cycle -> phase.json, phase.png.
 
     Cycle strength of MRS-IPO on a grid, with the analytic boundary alpha^2 + a^2 (beta lam)^2 / 3 = 1.
-    ``agreement`` compares "oscillating" (strength > 1e-6) with "criterion > 1" away from the
-    boundary band |criterion - 1| < 0.05, where convergence is too slow to judge in ``steps``.
+    Each point is labelled by :func:`pluralign.lab.dynamics.classify_runs`; ``agreement``
+    compares "oscillating" with "criterion > 1" over the points away from the boundary band
+    |criterion - 1| < 0.05 that settled within ``steps`` (the others are counted and warned about).
     """
     out = Path(out_dir)
     window = min(window, max(1, steps // 3))
@@ -154,29 +132,23 @@ def phase(out_dir, a: float = 0.3, n_alpha: int = 41, n_strength: int = 41, max_
     run = mrs_ipo_run(cyclic_matrix(a), al, be, la, pi_init=CYCLE_START, steps=steps, window=window,
                       track_entropy=False)
     strength = run.cycle_strength[:, 0].reshape(n_alpha, n_strength)
+    status = classify_runs(run)[:, 0].reshape(n_alpha, n_strength)
     criterion = (al**2 + a**2 * be**2 / 3.0).reshape(n_alpha, n_strength)
-    oscillating = strength > OSCILLATION_THRESHOLD
     clear = np.abs(criterion - 1.0) >= 0.05
-    agreement = float(np.mean(oscillating[clear] == (criterion[clear] > 1.0)))
+    judged = clear & (status != "undetermined")
+    n_unsettled = int((clear & ~judged).sum())
+    agreement = (float(np.mean((status[judged] == "oscillating") == (criterion[judged] > 1.0)))
+                 if judged.any() else float("nan"))
+    warnings = []
+    if n_unsettled:
+        warnings.append(_unsettled_warning(f"phase: {n_unsettled} of {int(clear.sum())} off-boundary grid points",
+                                           steps, window) + "; they are left out of the agreement")
     result = {"a": a, "lam": 1.0, "steps": steps, "window": window, "alphas": alphas, "beta_lam": strengths,
-              "cycle_strength": strength, "criterion": criterion, "agreement_off_boundary": agreement,
-              "n_clear_points": int(clear.sum())}
+              "cycle_strength": strength, "status": status, "criterion": criterion,
+              "agreement_off_boundary": agreement, "n_clear_points": int(judged.sum()),
+              "n_unsettled_points": n_unsettled, "warnings": warnings}
     write_json(result, out / "phase.json")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    image = ax.pcolormesh(strengths, alphas, np.log10(strength + 1e-32), shading="nearest", cmap="viridis")
-    fig.colorbar(image, ax=ax, label="log10 cycle strength")
-    curve_alpha = np.linspace(0, 1, 200)
-    ax.plot(np.sqrt(3 * (1 - curve_alpha**2)) / a, curve_alpha, "r-", lw=2,
-            label=r"$\alpha^2 + a^2(\beta\lambda)^2/3 = 1$")
-    ax.set_xlim(strengths[0], strengths[-1])
-    ax.set_xlabel(r"$\beta\lambda$")
-    ax.set_ylabel(r"$\alpha$")
-    ax.set_title(f"MRS-IPO, 3-cycle a={a:g}: agreement {agreement:.3f}")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "phase.png", dpi=120)
-    plt.close(fig)
+    plots.phase_figure(result, out / "phase.png")
     return result
 
 
@@ -184,18 +156,10 @@ def identify(out_dir, seed: int = 0, n_annotators: int = 1000) -> dict:
     """Binary vs ranking identifiability of the +theta/-theta population -> identify.json, identify.png."""
     out = Path(out_dir)
     result = identifiability_experiment(seed=seed, n_annotators=n_annotators)
+    result["warnings"] = [w for name, d in result["designs"].items()
+                          if (w := ari_warning(f"identify {name}", n_annotators, d["ari_chance_95"]))]
     write_json(result, out / "identify.json")
-    plt = _pyplot()
-    names = list(result["designs"])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    colors = ["tab:red", "tab:green", "tab:blue"][: len(names)]
-    ax.bar(names, [result["designs"][n]["ari"] for n in names], color=colors)
-    ax.set_ylabel("adjusted Rand index")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Recovering +theta / -theta annotator types")
-    fig.tight_layout()
-    fig.savefig(out / "identify.png", dpi=120)
-    plt.close(fig)
+    plots.identify_figure(result, out / "identify.png")
     return result
 
 
@@ -229,21 +193,28 @@ def mmra(out_dir, seed: int = 0, n_types: int = 3, n_annotators: int = 150, per_
         w_c, v_c = mmra_lp(Rc)
         sweep.append({"importance": c, "weights": w_c, "worst_case_regret": v_c,
                       "best_single": min(worst_case_regret(Rc, np.eye(n_types)[j]) for j in range(n_types))})
+    chance = ari_chance_level(types, em.fit.labels, np.random.default_rng([seed, 1]))
+    warning = ari_warning("mmra EM-DPO types", n_annotators, chance)
     result = {"seed": seed, "n_types": n_types, "n_annotators": n_annotators,
               "observations_per_annotator": per_annotator,
-              "set_size": set_size, "ari": em.ari, "em_iterations": em.fit.n_iter, "eta_hat": em.fit.eta,
-              "regret": regret, "weights_lp": w_lp, "weights_hedge": w_hedge,
+              "set_size": set_size, "ari": em.ari, "ari_cluster": em.cluster_ari, "ari_chance_95": chance,
+              "em_iterations": em.fit.n_iter, "eta_hat": em.fit.eta,
+              "regret": regret, "hedge_steps": hedge_steps, "weights_lp": w_lp, "weights_hedge": w_hedge,
               "max_weight_difference": float(np.max(np.abs(w_lp - w_hedge))),
               "worst_case_regret_lp": value_lp, "worst_case_regret_hedge": worst_case_regret(R, w_hedge),
-              "worst_case_regret_single_policies": single, "importance_sweep": sweep}
+              "worst_case_regret_single_policies": single, "importance_sweep": sweep,
+              "warnings": [warning] if warning else []}
     write_json(result, out / "mmra.json")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    labels = [f"pi_{j + 1}" for j in range(n_types)] + ["MMRA (LP)", "MMRA (Hedge)"]
-    ax.bar(labels, single + [value_lp, result["worst_case_regret_hedge"]])
-    ax.set_ylabel("worst-type regret")
-    ax.set_title("Single type policies vs min-max-regret mixture")
-    fig.tight_layout()
-    fig.savefig(out / "mmra.png", dpi=120)
-    plt.close(fig)
+    plots.mmra_figure(result, out / "mmra.png")
+    return result
+
+
+def bandit(out_dir, seed: int = 0, n_users: int = 100, pairs_per_user: int = 100, em_steps: int = 20) -> dict:
+    """DPO, Cluster-DPO and EM-DPO on the authors' contextual bandit (paper 3) -> bandit.json, bandit.png."""
+    out = Path(out_dir)
+    result = bandit_experiment(seed, n_users=n_users, pairs_per_user=pairs_per_user, em_steps=em_steps)
+    warning = ari_warning("bandit user groups", n_users, result["ari_chance_95"])
+    result["warnings"] = [warning] if warning else []
+    write_json(result, out / "bandit.json")
+    plots.bandit_figure(result, out / "bandit.png")
     return result

@@ -46,6 +46,29 @@ def adjusted_rand_index(labels_true, labels_pred) -> float:
     return float((index - expected) / (maximum - expected))
 
 
+MIN_ANNOTATORS_FOR_ARI = 50  # below this an ARI says little, whatever its value
+
+
+def ari_chance_level(labels_true, labels_pred, rng: np.random.Generator, n_permutations: int = 200,
+                     quantile: float = 0.95) -> float:
+    """The ``quantile`` of the ARI between ``labels_true`` and random permutations of ``labels_pred``.
+
+    What a labeling with the same cluster sizes but no information scores by chance; an observed
+    ARI below it is indistinguishable from noise. Large for few annotators, about 0 for many.
+    """
+    pred = np.asarray(labels_pred)
+    null = [adjusted_rand_index(labels_true, rng.permutation(pred)) for _ in range(n_permutations)]
+    return float(np.quantile(null, quantile))
+
+
+def ari_warning(what: str, n_annotators: int, chance: float) -> str | None:
+    """A warning when an ARI over ``n_annotators`` cannot support a conclusion, else None."""
+    if n_annotators < MIN_ANNOTATORS_FOR_ARI or chance > 0.1:
+        return (f"{what}: ARI over {n_annotators} annotators is not reliable (random labels reach "
+                f"{chance:.2f} at the 95th percentile); use at least {MIN_ANNOTATORS_FOR_ARI} annotators")
+    return None
+
+
 @dataclass(frozen=True)
 class LatentTypePopulation:
     """Types' coefficients ``theta`` [T, d], type weights ``eta`` [T], item ``features`` [n_items, d]
@@ -130,12 +153,14 @@ def identifiability_experiment(theta=(5.0, 0.0), *, n_items: int = 8, n_annotato
     so a fit that cannot tell anyone apart scores 0) and of the plain MAP labels (``ari_map``:
     with a flat posterior these follow the direction of fitted noise and can agree with the truth
     by chance), the parameter error, the fitted and the indifference (theta = 0)
-    log-likelihoods, and the exact population distance from indifference. Expected: binary ->
+    log-likelihoods, the exact population distance from indifference, and ``ari_chance_95``
+    (:func:`ari_chance_level` of the decisive labels). Expected: binary ->
     ARI 0 and a log-likelihood gain over indifference of order 1 nat (noise); ranking3 -> ARI
     high; many binary comparisons per annotator (Lemma 4.3) -> ARI high.
     """
     rng = np.random.default_rng(seed)
     pop = plus_minus_population(np.asarray(theta, float), n_items, rng)
+    chance_rng = np.random.default_rng([seed, 1])  # its own stream: the fits do not depend on it
     results = {}
     for name, set_size, per_annotator in designs:
         orders, annotator, types = simulate_rankings(pop, n_annotators, set_size, rng, per_annotator)
@@ -155,6 +180,7 @@ def identifiability_experiment(theta=(5.0, 0.0), *, n_items: int = 8, n_annotato
             "gain_over_indifference": fit.log_likelihood - indifferent_ll,
             "population_distance_from_indifference": mixture_ranking_distance_from_indifference(pop, set_size),
             "em_iterations": fit.n_iter,
+            "ari_chance_95": ari_chance_level(types, fit.decisive_labels(min_confidence), chance_rng),
         }
     return {"theta": pop.theta.tolist(), "n_items": n_items, "n_annotators": n_annotators, "seed": seed,
             "designs": results}

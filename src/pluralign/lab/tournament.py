@@ -73,6 +73,13 @@ def is_strongly_transitive(P, atol: float = 0.0) -> bool:
     above j (checking consecutive pairs suffices). Then ``(P mu)_i >= (P mu)_j`` for every
     sampler mu, so IPO preserves the order for any mu. Row dominance is equivalent to strong
     stochastic transitivity (``P_ij, P_jk >= 1/2`` implies ``P_ik >= max(P_ij, P_jk)``).
+
+    Reading: PAPERS.md §5.2 marks this definition as an interpretation (the paper's text is not
+    available). Implemented: weak row dominance (``>=``, ties allowed) along the Copeland order.
+    Alternatives the paper may mean instead: a strict version (``>``; then ties in P are never
+    strongly transitive), or only weak stochastic transitivity (the majority relation is a
+    linear order, :func:`is_cyclic` false), which is weaker and does not make IPO
+    order-preserving for every mu. ``atol`` relaxes the inequalities.
     """
     P = _single(P)
     order = copeland_ranking(P)

@@ -113,3 +113,25 @@ def test_generators_and_bad_arguments():
         mrs_ipo_run(CYCLE, 0.5, 1.0, 1.0, pi_ref=[1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="cycle strength"):
         cyclic_matrix(0.7)
+
+
+def test_classification_refuses_to_label_runs_that_have_not_settled():
+    from pluralign.lab.dynamics import classify_runs
+
+    P = cyclic_matrix(0.3)
+    # alpha = 0.9, beta = 2 converges slowly (|eigenvalue| = 0.966): undetermined after 160 steps,
+    # converged after 600; the unstable alpha = 0.5, beta = 6 oscillates at both lengths
+    short = mrs_ipo_run(P, [0.9, 0.5], [2.0, 6.0], 1.0, pi_init=(0.5, 0.3, 0.2), steps=160, window=53)
+    long = mrs_ipo_run(P, [0.9, 0.5], [2.0, 6.0], 1.0, pi_init=(0.5, 0.3, 0.2), steps=600, window=200)
+    assert classify_runs(short)[:, 0].tolist() == ["undetermined", "oscillating"]
+    assert classify_runs(long)[:, 0].tolist() == ["converged", "oscillating"]
+    tiny = mrs_ipo_run(P, 0.5, 4.0, 1.0, steps=60, window=20)
+    assert classify_runs(tiny)[0, 0] == "undetermined"  # too short a window for any label
+    assert 0.4 < long.late_half_strength[1, 0] / long.cycle_strength[1, 0] < 2.5
+
+
+def test_cycle_strength_sum_and_mean_readings():
+    traj = np.array([[0.2, 0.3, 0.5], [0.4, 0.3, 0.3], [0.3, 0.3, 0.4]])
+    var = traj.var(axis=0)
+    assert cycle_strength(traj, 3) == pytest.approx(var.sum(), rel=1e-15)
+    assert cycle_strength(traj, 3, reduction="mean") == pytest.approx(var.mean(), rel=1e-15)

@@ -43,3 +43,23 @@ def test_pm_divergence_by_hand_and_weights():
     assert pm_divergence(P, pi, weights=only_first) == pytest.approx(pairs[0])
     with pytest.raises(ValueError, match="positive mass"):
         pm_divergence(P, pi, weights=np.zeros((3, 3)))
+
+
+def test_pm_divergence_softmax_reading():
+    from pluralign.lab import bradley_terry_matrix, kl, pm_divergence_softmax
+    from pluralign.lab.optima import softmax
+
+    r = np.array([1.0, -0.5, 0.3])
+    pi = np.array([0.2, 0.5, 0.3])
+    P = bradley_terry_matrix(r)
+    for beta in (1.0, 0.5):
+        expected = kl(softmax(r / beta), pi)
+        assert pm_divergence(P, pi, kind="softmax", beta=beta) == pytest.approx(expected, rel=1e-12)
+        assert pm_divergence_softmax(r, pi, beta) == pytest.approx(expected, rel=1e-12)
+    assert pm_divergence(P, softmax(r), kind="softmax") == pytest.approx(0.0, abs=1e-15)
+    assert pm_divergence(P, softmax(r)) == pytest.approx(0.0, abs=1e-15)  # both readings agree at the PM policy
+    cyclic = np.array([[0.5, 0.8, 0.2], [0.2, 0.5, 0.8], [0.8, 0.2, 0.5]])
+    with pytest.raises(ValueError, match="Bradley-Terry"):
+        pm_divergence(cyclic, pi, kind="softmax")
+    with pytest.raises(ValueError, match="kind"):
+        pm_divergence(P, pi, kind="tv")

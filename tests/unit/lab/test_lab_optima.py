@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
-from pluralign.lab import (bradley_terry_matrix, conditional_pm_optimum, dpo_is_sampling_invariant, dpo_optimum,
+from pluralign.lab import (bradley_terry_matrix, conditional_pm_optimum, reference_support, dpo_is_sampling_invariant, dpo_optimum,
                            ipo_optimum, kl_rlhf_optimum, pm_divergence, pm_rlhf_optimum, rpo_optimum)
 from pluralign.lab.collapse import collapse_reference_numbers, preference_collapse_table
 from pluralign.lab.dpo import chosen_distribution, dpo_first_order_residual, dpo_population_loss
@@ -61,6 +61,25 @@ def test_conditional_pm_optimum_matches_gradient_ascent():
     # all-support reduces to PM, empty support to KL
     np.testing.assert_allclose(conditional_pm_optimum(R, REF, beta, np.ones(5, bool)), pm_rlhf_optimum(R, beta))
     np.testing.assert_allclose(conditional_pm_optimum(R, REF, beta, []), kl_rlhf_optimum(R, REF, beta))
+
+
+def test_conditional_pm_with_separate_coefficients_matches_gradient_ascent():
+    beta_pm, beta_kl, support = 0.8, 0.3, np.array([True, False, True, True, False])
+    coef = np.where(support, beta_pm, beta_kl)
+    ref_term = np.where(support, 0.0, beta_kl * np.log(REF))
+    pi = ascend(lambda p: R - coef * (np.log(p) + 1) + ref_term, 5, lr=1.5, steps=40000)
+    got = conditional_pm_optimum(R, REF, beta_pm, support, beta_kl=beta_kl)
+    np.testing.assert_allclose(got, pi, atol=1e-8)
+    # stationarity: r + [KL] beta_kl log pi_ref - c (log pi + 1) is the same for every response
+    level = R + ref_term - coef * (np.log(got) + 1)
+    np.testing.assert_allclose(level - level.mean(), 0.0, atol=1e-12)
+
+
+def test_alpha_zero_selects_no_response_so_conditional_pm_is_kl():
+    assert not reference_support(REF, 0.0).any()
+    np.testing.assert_allclose(conditional_pm_optimum(R, REF, 0.5, reference_support(REF, 0.0)),
+                               kl_rlhf_optimum(R, REF, 0.5), rtol=1e-13)
+    np.testing.assert_array_equal(reference_support(REF, 0.2), REF > 0.2)
 
 
 def test_ipo_optimum_matches_gradient_ascent_and_batches():
