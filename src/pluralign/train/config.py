@@ -234,6 +234,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     for item in overrides or []:
         apply_override(data, item)
+    # A data file given on the command line replaces the recipe's world (unless data.world is set too).
+    keys = {item.split("=", 1)[0].strip() for item in overrides or []}
+    if "data.path" in keys and not any(k.startswith("data.world") for k in keys):
+        if isinstance(data.get("data"), dict) and data["data"].get("path") is not None:
+            data["data"]["world"] = None
     try:
         return from_dict(RunConfig, data)
     except ConfigError as exc:
