@@ -475,3 +475,70 @@ def test_csv_with_byte_order_mark(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_text("prompt,chosen,rejected\nq,a,b\n", encoding="utf-8-sig")
     assert load_preferences(path).records == [PreferenceRecord("q", ("a", "b"), (0, 1))]
+
+
+# ------------------------------------------------------------------- format per row, degenerate
+def test_a_later_prompt_field_is_never_silently_ignored():
+    # the first row has no prompt (implicit); a later row's prompt would be dropped if the format
+    # were decided once: a file must use one format, and the error names both rows
+    rows = [{"chosen": "Q: a? A: yes", "rejected": "Q: a? A: no"},
+            {"chosen": "Q: b? A: yes", "rejected": "Q: b? A: no"},
+            {"prompt": "Q: c?", "chosen": " yes", "rejected": " no"}]
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError, match=r"list row 3: row format explicit_prompt .* differs "
+                                            r"from implicit_prompt .* of row 1"):
+            load_preferences(rows, on_error=on_error)
+
+
+def test_a_row_matching_no_format_is_named_by_its_missing_field():
+    rows = [EXPLICIT_ROWS[0], {"prompt": "p", "chosen": "a"}]
+    with pytest.raises(DataError, match=r"list row 2, field 'rejected': missing"):
+        load_preferences(rows)
+
+
+def test_identical_responses_are_skipped_under_raise():
+    rows = [RANKED_ROWS[0], {"prompt": "p", "responses": ["a", "b", "a"], "ranking": [1]}]
+    result = load_preferences(rows)
+    assert len(result.records) == 1 and result.row_numbers == [1]
+    assert result.report.skipped_by_reason == {"identical_responses": 1}
+    assert result.report.problems == ["list row 2, field 'responses': responses 0 and 2 are "
+                                      "identical ('a'); a preference needs distinct responses"]
+
+
+def test_no_usable_records_and_zero_weights_are_errors():
+    same = [{"prompt": "p", "chosen": "a", "rejected": "a"}] * 2
+    with pytest.raises(DataError, match=r"list: no usable records: all 2 rows were skipped "
+                                        r"\(identical_responses: 2\); first: list row 1"):
+        load_preferences(same)
+    assert load_preferences(same, allow_empty=True).records == []
+    zero = [{**row, "weight": 0} for row in EXPLICIT_ROWS]
+    with pytest.raises(DataError, match=r"every record has weight 0"):
+        load_preferences(zero)
+    assert len(load_preferences([zero[0], EXPLICIT_ROWS[1]]).records) == 2  # some weight > 0
+
+
+def test_strings_with_nul_or_lone_surrogates_name_the_row(tmp_path):
+    path = tmp_path / "chars.jsonl"
+    path.write_text(json.dumps(EXPLICIT_ROWS[0]) + "\n"
+                    + '{"prompt": "p", "chosen": "a\\u0000", "rejected": "b"}\n'
+                    + '{"prompt": "\\udc80", "chosen": "a", "rejected": "b"}\n')
+    result = load_preferences(path, on_error="skip")
+    assert result.report.skipped_by_reason == {"bad_characters": 2}
+    assert result.report.problems == [
+        "chars.jsonl row 2, field 'responses[0]': contains a NUL character '\\x00' at character 1",
+        "chars.jsonl row 3, field 'prompt': contains a lone surrogate (invalid Unicode) '\\udc80' "
+        "at character 0"]
+
+
+def test_invalid_utf8_bom_crlf_and_paths(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    good = json.dumps(EXPLICIT_ROWS[0]).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + b'{"prompt": "\xc3"}\r\n' + good + b"\r\n")
+    result = load_preferences(path, on_error="skip")
+    assert result.records == [EXPLICIT_RECORDS[0]] * 2  # BOM and CR are not part of any field
+    assert result.report.problems == ["mixed.jsonl row 2: not valid UTF-8 at byte 12 of the line: "
+                                      "invalid continuation byte"]
+    with pytest.raises(DataError, match=r"is a directory; expected a data file"):
+        load_preferences(tmp_path)
+    with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
+        load_preferences(tmp_path / "nope.jsonl")

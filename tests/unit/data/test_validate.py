@@ -145,3 +145,26 @@ def test_command_renders_conversational_rows_with_a_local_tokenizer(tmp_path, ca
     # prompt "<|user|>Hi\n<|assistant|>" has 24 characters; responses "Hello\n", "Bye\n"
     assert "prompt characters: mean 24.0, max 24" in out
     assert "response characters: mean 5.0, max 6" in out
+
+
+def test_command_tokenizes_like_training(tmp_path, capsys):
+    """Built-in tokenizer names work offline; lengths come from flags, else the recipe."""
+    rows = [{"prompt": "abcdefgh", "chosen": " yes", "rejected": " no"},
+            {"prompt": "", "chosen": " yyyyA", "rejected": " yyyyB"}]
+    path = write_jsonl(tmp_path / "tok.jsonl", rows)
+    argv = ["validate-data", str(path), "--tokenizer", "byte", "--max-length", "6",
+            "--max-prompt-length", "2"]
+    assert validate_command(parse(argv)) == 1
+    out = capsys.readouterr().out
+    assert ("tokenization (tokenizer byte, max_length 6, max_prompt_length 2): 1 tokenized "
+            "examples; 1 truncated; 0 with an empty prompt given the EOS stub; 1 skipped "
+            "(identical_tokens: 1)") in out
+    assert "tok.jsonl row 2: responses 0 and 1 are identical after truncation" in out
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {max_length: 64, max_prompt_length: 4}\n")
+    assert validate_command(parse(["validate-data", str(path), "--recipe", str(recipe)])) == 0
+    assert ("(tokenizer tiny, max_length 64, max_prompt_length 4): 2 tokenized examples; "
+            "0 truncated; 1 with an empty prompt") in capsys.readouterr().out
+    argv = ["validate-data", str(path), "--recipe", str(recipe), "data.max_lenght=3"]
+    assert validate_command(parse(argv)) == 2
+    assert "unknown config key(s) ['data.max_lenght']" in capsys.readouterr().err
