@@ -231,8 +231,13 @@ def apply_override(data: dict, item: str) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     data = {}
     if path is not None:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: the recipe is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     for item in overrides or []:
