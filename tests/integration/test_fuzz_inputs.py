@@ -274,6 +274,8 @@ def test_bad_input_is_named_or_counted(case: Case, tmp_path):
     expected_validate = {"row": 1, "skipped": 1, "clean": 0}[case.kind]
     assert code == expected_validate, out + err
     assert case.message in out, out
+    malformed_note = "note: with data.on_error=raise a run stops at the first of these 1 malformed"
+    assert (malformed_note in out) == (case.kind == "row"), out
     if case.kind == "row":
         code, _, err = run_cli(train_argv(path, run, case))
         assert_one_line_error(code, err, case.message)

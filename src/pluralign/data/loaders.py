@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pluralign.data.records import TIE_POLICIES, PreferenceRecord, RecordError, TieError
+from pluralign.data.records import TIE_POLICIES, PreferenceRecord, RecordError
 
 MAX_PROBLEMS = 20
 
@@ -216,9 +216,7 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                 _check_distinct(record)
             except (_RowError, RecordError) as error:
                 message = _row_message(name, row_number, error.field, error.detail)
-                always_skipped = (error.reason in DEGENERATE_REASONS
-                                  or (isinstance(error, TieError) and ties == "skip"))
-                if on_error == "raise" and not always_skipped:
+                if on_error == "raise" and error.reason not in always_skipped(ties):
                     raise DataError(message, source=name, row=row_number, field=error.field,
                                     reason=error.reason) from None
                 _count_skip(report, error.reason, message)
@@ -236,6 +234,11 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
     if not allow_empty:
         check_usable(records, report)
     return LoadResult(records=records, report=report, row_numbers=row_numbers)
+
+
+def always_skipped(ties: str) -> tuple[str, ...]:
+    """Skip reasons that never stop a load, whatever ``on_error`` says: rows without a preference."""
+    return DEGENERATE_REASONS + (("tie",) if ties == "skip" else ())
 
 
 def check_usable(records: list[PreferenceRecord], report: LoadReport) -> None:

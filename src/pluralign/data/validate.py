@@ -27,6 +27,7 @@ from typing import Any
 from pluralign.data.loaders import (
     MAX_PROBLEMS,
     LoadReport,
+    always_skipped,
     check_usable,
     load_preferences,
 )
@@ -134,6 +135,11 @@ def validate_command(args: argparse.Namespace) -> int:
     report.tokenization_settings = f"tokenizer {settings['tokenizer']}, " + \
         report.tokenization_settings
     print(report.summary(max_problems=max_problems))
+    stopping = report.skipped - sum(report.skipped_by_reason.get(reason, 0)
+                                    for reason in always_skipped(settings["ties"]))
+    if stopping and settings["on_error"] == "raise":
+        print(f"note: with data.on_error=raise a run stops at the first of these {stopping} "
+              "malformed rows; fix them or set data.on_error=skip")
     skipped = report.skipped + report.tokenization.num_skipped
     return 1 if skipped else 0
 
@@ -149,6 +155,7 @@ def _run_settings(args: argparse.Namespace) -> dict:
         "ties": cfg.data.ties,
         "max_length": cfg.data.max_length,
         "max_prompt_length": cfg.data.max_prompt_length,
+        "on_error": cfg.data.on_error,
     }
     for key in chosen:
         value = getattr(args, key, None)
