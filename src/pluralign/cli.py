@@ -1,10 +1,20 @@
-"""Command line: ``pluralign train | demo | validate-data | lab ...``."""
+"""Command line: ``pluralign train | demo | validate-data | lab ...``.
+
+Bad input (a config key, a data row, a path: any :class:`pluralign.errors.PluralignError`) is
+printed as one line ``error: ...`` and exits with status 2, the same status argparse uses for a
+usage error; ``-v`` also prints the traceback. Any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
+
+from pluralign.errors import PluralignError, one_line
+
+EXIT_BAD_INPUT = 2
 
 
 def _train(args) -> int:
@@ -27,8 +37,9 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pluralign", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="pluralign", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of a config or data error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="offline preference optimization from a YAML recipe")
@@ -60,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except PluralignError as error:
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -72,6 +72,13 @@ class Collator:
     def __call__(self, examples: list[TokenizedExample], indices: list[int] | None = None) -> Batch:
         if not examples:
             raise ValueError("cannot collate an empty batch")
+        # A response's first token is predicted by its prompt's last token. With an empty prompt
+        # that would be the previous example's last token in a packed row, so it is refused here;
+        # tokenize_records gives every prompt at least one token.
+        empty = [b for b, ex in enumerate(examples) if not ex.prompt_ids]
+        if empty:
+            raise ValueError(f"examples {empty} of the batch have an empty prompt; every response "
+                             "needs a prompt token to be predicted from (see tokenize_records)")
         rows = self._shared_rows(examples) if self.layout == "shared" else self._plain_rows(examples)
         return self._finish(examples, rows, indices)
 
@@ -133,8 +140,6 @@ class Collator:
                 doc_ids[r, off : off + n] = doc
                 part_ids[r, off : off + n] = part
                 off += n
-            if prompt_end < 0:
-                raise ValueError("every response needs a non-empty prompt before it in its row")
         B = len(examples)
         response_mask = torch.zeros((B, kmax), dtype=torch.bool)
         ranking = torch.full((B, kmax), -1, dtype=torch.long)

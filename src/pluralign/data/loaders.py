@@ -4,13 +4,17 @@ Sources: ``.jsonl`` / ``.jsonl.gz`` (one object per line), ``.json`` / ``.json.g
 objects or ``{"data": [...]}``), ``.parquet``, ``.csv`` / ``.csv.gz``, a ``datasets.Dataset``-like
 object (iterable of dicts with ``column_names``) or a plain list of dicts.
 
-Row formats, detected once per data set from the first row's keys (every later row must follow it):
+Row formats, detected for every row from its keys; a file must use one format, so a row whose
+format differs from the first row's is an error naming both rows (a file that mixes rows with and
+without ``prompt`` would otherwise be read two ways):
 
 * ``explicit_prompt`` (TRL standard preference): ``{"prompt": str, "chosen": str, "rejected": str}``.
 * ``implicit_prompt`` (TRL, HH-RLHF): ``{"chosen": str, "rejected": str}``; the prompt is their shared
   prefix, split by :func:`split_implicit_prompt` exactly as TRL's ``extract_prompt`` does.
 * ``conversational`` / ``conversational_implicit_prompt`` (TRL): the same keys holding lists of
-  ``{"role", "content"}`` messages, rendered to text with ``tokenizer.apply_chat_template``.
+  ``{"role", "content"}`` messages, rendered to text with ``tokenizer.apply_chat_template``; roles
+  are non-empty strings and the last message of ``chosen`` and of ``rejected`` is the
+  ``assistant``'s (it is the response being judged).
 * ``ranked``: ``{"prompt": str, "responses": [str, ...], "ranking": [int, ...]}`` or with
   ``"scores": [float, ...]`` (higher is better) instead of ``"ranking"``.
 
@@ -25,7 +29,10 @@ a number; an empty ``annotator_id`` or ``weight`` cell means absent.
 Errors. A bad row produces ``"<file> row <n>, field '<field>': <what is wrong>"`` (row numbers are
 1-based data rows; for JSONL they are line numbers). ``on_error="raise"`` raises :class:`DataError`
 at the first bad row; ``on_error="skip"`` skips it and counts it by reason in the report, keeping the
-first 20 messages. An unreadable file, an unknown row format or an empty source is always a
+first 20 messages. Degenerate rows, which carry no preference (two identical responses, reason
+``identical_responses``; tied scores under ``ties="skip"``, reason ``tie``), are always skipped and
+counted, whatever ``on_error`` says. An unreadable file, an unknown or mixed row format, an empty
+source, a load where every row was skipped, and weights that are all 0 are always a
 :class:`DataError`.
 """
 
@@ -41,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pluralign.data.records import TIE_POLICIES, PreferenceRecord, RecordError, TieError
+from pluralign.data.records import TIE_POLICIES, PreferenceRecord, RecordError
 
 MAX_PROBLEMS = 20
 
@@ -50,6 +57,16 @@ FORMAT_IMPLICIT = "implicit_prompt"
 FORMAT_CONVERSATIONAL = "conversational"
 FORMAT_CONVERSATIONAL_IMPLICIT = "conversational_implicit_prompt"
 FORMAT_RANKED = "ranked"
+
+# Reasons that mean "no preference signal" rather than "malformed": skipped under every on_error.
+DEGENERATE_REASONS = ("identical_responses",)
+_FORMAT_DESCRIPTIONS = {
+    FORMAT_EXPLICIT: "prompt + chosen + rejected strings",
+    FORMAT_IMPLICIT: "chosen + rejected strings without a prompt",
+    FORMAT_CONVERSATIONAL: "prompt + chosen + rejected message lists",
+    FORMAT_CONVERSATIONAL_IMPLICIT: "chosen + rejected message lists without a prompt",
+    FORMAT_RANKED: "prompt + responses + ranking or scores",
+}
 
 _EXPECTED_FORMATS = (
     "{'prompt', 'chosen', 'rejected'} (explicit prompt), {'chosen', 'rejected'} (implicit prompt), "
@@ -74,7 +91,8 @@ class LoadReport:
     ``num_pairs + num_rankings + num_partial == records_loaded``: pairs have K = 2, rankings are full
     rankings with K >= 3, partial are top-k rankings with k < K. ``skipped`` equals the sum of
     ``skipped_by_reason``; ``problems`` holds at most the first 20 messages.
-    ``statistics`` is filled by :func:`pluralign.data.validate.validate_file`.
+    ``statistics`` and ``tokenization`` (a :class:`pluralign.data.tokenize.TokenizedDataset`) are
+    filled by :func:`pluralign.data.validate.validate_file`.
     """
 
     source: str
@@ -90,6 +108,8 @@ class LoadReport:
     num_with_annotator: int = 0
     problems: list[str] = field(default_factory=list)
     statistics: Any = None
+    tokenization: Any = None
+    tokenization_settings: str = ""
 
     def summary(self, max_problems: int = MAX_PROBLEMS) -> str:
         """A human-readable multi-line summary (listing at most ``max_problems`` problems)."""
@@ -106,6 +126,14 @@ class LoadReport:
         if shown:
             lines.append(f"problems (first {len(shown)} of {self.skipped}):")
             lines.extend(f"  {message}" for message in shown)
+        tokenized = self.tokenization
+        if tokenized is not None:
+            lines.append(f"tokenization ({self.tokenization_settings}): {tokenized.report()}")
+            shown = tokenized.problems[:max(0, max_problems)]
+            if shown:
+                lines.append(f"tokenization problems (first {len(shown)} of "
+                             f"{tokenized.num_skipped}):")
+                lines.extend(f"  {message}" for message in shown)
         if self.statistics is not None:
             lines.extend(self.statistics.summary_lines())
         return "\n".join(lines)
@@ -113,10 +141,11 @@ class LoadReport:
 
 @dataclass
 class LoadResult:
-    """The loaded records and the report describing the load."""
+    """The loaded records, the source row of each (1-based) and the report describing the load."""
 
     records: list[PreferenceRecord]
     report: LoadReport
+    row_numbers: list[int] = field(default_factory=list)
 
 
 class _RowError(Exception):
@@ -129,7 +158,8 @@ class _RowError(Exception):
 
 # ---------------------------------------------------------------------------------------- loading
 def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "raise",
-                     max_records: int | None = None, ties: str = "truncate") -> LoadResult:
+                     max_records: int | None = None, ties: str = "truncate",
+                     allow_empty: bool = False) -> LoadResult:
     """Load preference records from a file path, a ``datasets.Dataset``-like object or a list.
 
     Args:
@@ -141,6 +171,8 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
         ties: tie policy for score-ranked rows, see :meth:`PreferenceRecord.from_scores`. Under
             ``"skip"`` a tied row is always skipped (reason ``"tie"``), even with
             ``on_error="raise"``; under ``"error"``/``"truncate"`` a tie is an ordinary row error.
+        allow_empty: return a result without records when every row was skipped (for reports);
+            by default that is a :class:`DataError`, as are weights that are all 0.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -153,7 +185,8 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
     name, kind, rows = _open_source(source)
     report = LoadReport(source=name, source_kind=kind)
     records: list[PreferenceRecord] = []
-    parse_row = None
+    row_numbers: list[int] = []
+    parse_row, format_row = None, None
     try:
         for row_number, row in rows:
             report.rows_read += 1
@@ -163,18 +196,33 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                 if not isinstance(row, Mapping):
                     raise _RowError(None, f"expected an object, got {_type_name(row)}",
                                     "not_an_object")
-                if parse_row is None:
-                    report.format = _detect_format(row, kind, name)
-                    parse_row = _row_parser(report.format, kind, tokenizer, ties, name)
+                row_format = _detect_format(row, kind)
+                if report.format is None:
+                    if row_format is None:
+                        raise DataError(f"{name} row {row_number}: unrecognised row format: found "
+                                        f"keys {sorted(str(k) for k in row)}; expected "
+                                        f"{_EXPECTED_FORMATS}", source=name, row=row_number)
+                    report.format, format_row = row_format, row_number
+                    parse_row = _row_parser(row_format, kind, tokenizer, ties, name)
+                elif row_format is not None and row_format != report.format:
+                    raise DataError(
+                        f"{name} row {row_number}: row format {row_format} "
+                        f"({_FORMAT_DESCRIPTIONS[row_format]}) differs from {report.format} "
+                        f"({_FORMAT_DESCRIPTIONS[report.format]}) of row {format_row}; a file "
+                        "must use one format", source=name, row=row_number)
+                # A row matching no format is parsed as the file's format, which names the
+                # missing or ill-typed field.
                 record = parse_row(row)
+                _check_distinct(record)
             except (_RowError, RecordError) as error:
                 message = _row_message(name, row_number, error.field, error.detail)
-                if on_error == "raise" and not (isinstance(error, TieError) and ties == "skip"):
+                if on_error == "raise" and error.reason not in always_skipped(ties):
                     raise DataError(message, source=name, row=row_number, field=error.field,
                                     reason=error.reason) from None
                 _count_skip(report, error.reason, message)
                 continue
             records.append(record)
+            row_numbers.append(row_number)
             _count_record(report, record)
             if max_records is not None and len(records) >= max_records:
                 break
@@ -183,7 +231,29 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
             rows.close()  # release the file handle now, also when a row error is raised
     if report.rows_read == 0:
         raise DataError(f"{name}: no data rows found (empty source)", source=name)
-    return LoadResult(records=records, report=report)
+    if not allow_empty:
+        check_usable(records, report)
+    return LoadResult(records=records, report=report, row_numbers=row_numbers)
+
+
+def always_skipped(ties: str) -> tuple[str, ...]:
+    """Skip reasons that never stop a load, whatever ``on_error`` says: rows without a preference."""
+    return DEGENERATE_REASONS + (("tie",) if ties == "skip" else ())
+
+
+def check_usable(records: list[PreferenceRecord], report: LoadReport) -> None:
+    """Raise :class:`DataError` when a load left nothing to train on: no records (every row was
+    skipped; the message gives the reasons and the first problem) or weights that are all 0."""
+    name = report.source
+    if not records:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.skipped_by_reason.items()))
+        first = f"; first: {report.problems[0]}" if report.problems else ""
+        raise DataError(f"{name}: no usable records: all {report.rows_read} rows were skipped "
+                        f"({reasons}){first}", source=name)
+    if all(record.weight == 0 for record in records):
+        raise DataError(f"{name}: every record has weight 0, so there is nothing to learn from; "
+                        "field 'weight' must be > 0 for at least one row", source=name,
+                        field="weight")
 
 
 def save_preferences(records: Iterable[PreferenceRecord], path: str | os.PathLike) -> Path:
@@ -245,7 +315,8 @@ def _common_prefix_length(a, b) -> int:
 
 
 # ----------------------------------------------------------------------------------- row formats
-def _detect_format(row: Mapping, kind: str, name: str) -> str:
+def _detect_format(row: Mapping, kind: str) -> str | None:
+    """The row's format from its keys, or None when its keys match none."""
     keys = set(row)
     if "responses" in keys:
         return FORMAT_RANKED
@@ -253,13 +324,26 @@ def _detect_format(row: Mapping, kind: str, name: str) -> str:
         chosen = row["chosen"]
         if kind == "csv" and isinstance(chosen, str):
             chosen = _try_json(chosen)
-        conversational = _looks_like_messages(chosen)
+        # Any list is read as messages, so a malformed message list gets a message-level error;
+        # a CSV cell is text unless it decodes to a list of objects (a response may read "[1]").
+        conversational = isinstance(chosen, (list, tuple)) and (
+            kind != "csv" or not chosen or isinstance(chosen[0], Mapping))
         if "prompt" in keys:
             return FORMAT_CONVERSATIONAL if conversational else FORMAT_EXPLICIT
         return FORMAT_CONVERSATIONAL_IMPLICIT if conversational else FORMAT_IMPLICIT
-    found = sorted(str(k) for k in keys)
-    raise DataError(f"{name}: unrecognised row format: found keys {found}; expected "
-                    f"{_EXPECTED_FORMATS}", source=name)
+    return None
+
+
+def _check_distinct(record: PreferenceRecord) -> None:
+    """Two identical responses carry no preference between them: the row is degenerate."""
+    seen: dict[str, int] = {}
+    for index, response in enumerate(record.responses):
+        if response in seen:
+            raise _RowError("responses" if record.num_responses > 2 else "rejected",
+                            f"responses {seen[response]} and {index} are identical "
+                            f"({_short(response, 40)}); a preference needs distinct responses",
+                            "identical_responses")
+        seen[response] = index
 
 
 def _row_parser(row_format: str, kind: str, tokenizer: Any, ties: str, name: str):
@@ -382,9 +466,13 @@ def _messages(row: Mapping, name: str) -> list:
         raise _RowError(name, "expected a non-empty list of messages, got []", "empty_response")
     for i, message in enumerate(value):
         if not (isinstance(message, Mapping) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            raise _RowError(f"{name}[{i}]", "expected a message {'role': str, 'content': str}, "
-                            f"got {_short(message)}", "bad_message")
+                and message["role"] and isinstance(message.get("content"), str)):
+            raise _RowError(f"{name}[{i}]", "expected a message {'role': non-empty str, "
+                            f"'content': str}}, got {_short(message)}", "bad_message")
+    if name != "prompt" and value[-1]["role"] != "assistant":
+        raise _RowError(f"{name}[{len(value) - 1}]", "the last message is the response being "
+                        f"judged and must have role 'assistant', got {value[-1]['role']!r}",
+                        "bad_role")
     return [dict(message) for message in value]
 
 
@@ -452,11 +540,6 @@ def _decode_csv_row(row: Mapping, row_format: str) -> dict:
     return decoded
 
 
-def _looks_like_messages(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) > 0 and isinstance(value[0], Mapping)
-            and "role" in value[0] and "content" in value[0])
-
-
 def _try_json(text: str) -> Any:
     try:
         return json.loads(text)
@@ -518,13 +601,15 @@ def _open_source(source: Any) -> tuple[str, str, Iterator[tuple[int, Any]]]:
     """Return (display name, source kind, iterator of (1-based row number, row or _RowError))."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory; expected a data file", source=path.name)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file", source=path.name)
         lower = path.name.lower()
         kind = next((k for suffix, k in _SUFFIX_KINDS if lower.endswith(suffix)), None)
         if kind is None:
             raise DataError(f"{path.name}: unsupported file type; expected one of "
                             f"{[s for s, _ in _SUFFIX_KINDS]}", source=path.name)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file", source=path.name)
         readers = {"jsonl": _jsonl_rows, "jsonl.gz": _jsonl_rows, "json": _json_rows,
                    "parquet": _parquet_rows, "csv": _csv_rows}
         return path.name, kind, readers[kind](path)
@@ -547,14 +632,42 @@ def _open_text(path: Path):
 
 
 def _file_error(path: Path, error: Exception) -> DataError:
-    return DataError(f"{path.name}: cannot read file: {type(error).__name__}: {error}",
+    if isinstance(error, UnicodeDecodeError):
+        return DataError(f"{path.name}: not valid UTF-8 {_utf8_error_location(path)}: "
+                         f"{error.reason}", source=path.name)
+    hint = " (truncated compressed file?)" if isinstance(error, EOFError) else ""
+    return DataError(f"{path.name}: cannot read file{hint}: {type(error).__name__}: {error}",
                      source=path.name)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _utf8_error_location(path: Path) -> str:
+    """'at line L, byte B' of the first invalid UTF-8 byte (text readers decode whole chunks, so
+    the position their error reports is not the file's)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
     try:
-        with _open_text(path) as handle:
-            for line_number, line in enumerate(handle, start=1):
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return f"at line {line}, byte {error.start}"
+    return "somewhere in the file"
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    # Lines are decoded one by one so that a line of invalid UTF-8 is a row error, not a file error.
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # the byte-order mark spreadsheet exports add
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    yield line_number, _RowError(None, f"not valid UTF-8 at byte {error.start} of "
+                                                 f"the line: {error.reason}", "invalid_utf8")
+                    continue
                 if not line.strip():
                     continue  # blank lines (e.g. a trailing newline) are not rows
                 try:
@@ -562,7 +675,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as error:
                     yield line_number, _RowError(None, f"invalid JSON: {error.msg} at column "
                                                  f"{error.colno}", "invalid_json")
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+                except RecursionError:
+                    yield line_number, _RowError(None, "invalid JSON: nested too deeply",
+                                                 "invalid_json")
+    except (OSError, EOFError) as error:
         raise _file_error(path, error) from None
 
 
@@ -573,6 +689,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     except json.JSONDecodeError as error:
         raise DataError(f"{path.name}: invalid JSON at line {error.lineno} column {error.colno}: "
                         f"{error.msg}", source=path.name) from None
+    except RecursionError:
+        raise DataError(f"{path.name}: invalid JSON: nested too deeply", source=path.name) from None
     except (OSError, EOFError, UnicodeDecodeError) as error:
         raise _file_error(path, error) from None
     if isinstance(data, Mapping) and isinstance(data.get("data"), list):

@@ -17,14 +17,21 @@ Conventions (used by every objective downstream):
 
 from __future__ import annotations
 
-from pluralign.errors import PluralignError
 import math
-from dataclasses import dataclass
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Sequence
 
+from pluralign.errors import PluralignError
+
 TIE_POLICIES = ("truncate", "error", "skip")
+# Weights become float32 tensors in a batch; a larger one would turn into inf there.
+MAX_WEIGHT = 3.4028234663852886e38
+# NUL is rejected because tokenizers and C-string tools truncate at it; a lone surrogate (from a
+# JSON "\ud800" escape) is not valid Unicode and cannot be encoded to UTF-8 for a tokenizer.
+_BAD_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
 
 
 class RecordError(PluralignError):
@@ -68,7 +75,11 @@ class PreferenceRecord:
             responses are ranked in this order; every other response is tied below all of them.
             A length K - 1 ranking is completed to length K by appending the missing index.
         annotator_id: who produced the ranking, when known (used by EM over annotator types).
-        weight: finite, non-negative example weight (1.0 = ordinary example).
+        weight: finite, non-negative example weight (1.0 = ordinary example), at most the largest
+            float32 (batches hold weights as float32).
+
+    Strings must not contain NUL or lone surrogates (invalid Unicode, e.g. from a JSON ``"\\ud800"``
+    escape): tokenizers cannot encode them faithfully.
 
     Lists are accepted for ``responses`` and ``ranking`` and stored as tuples, so records are
     hashable and comparable. Invalid values raise :class:`RecordError` (a ``ValueError``).
@@ -84,6 +95,7 @@ class PreferenceRecord:
         if not isinstance(self.prompt, str):
             raise RecordError("prompt", f"expected a string, got {type(self.prompt).__name__}",
                               "wrong_type")
+        _check_characters(self.prompt, "prompt")
         responses = _as_tuple(self.responses, "responses")
         if len(responses) < 2:
             raise RecordError("responses", f"need at least 2 responses, got {len(responses)}",
@@ -94,19 +106,22 @@ class PreferenceRecord:
                                   f"expected a string, got {type(response).__name__}", "wrong_type")
             if not response:
                 raise RecordError(f"responses[{i}]", "empty string", "empty_response")
+            _check_characters(response, f"responses[{i}]")
         ranking = _validate_ranking(_as_tuple(self.ranking, "ranking"), len(responses))
         if self.annotator_id is not None and not isinstance(self.annotator_id, str):
             raise RecordError("annotator_id",
                               f"expected a string or None, got {type(self.annotator_id).__name__}",
                               "wrong_type")
+        if self.annotator_id is not None:
+            _check_characters(self.annotator_id, "annotator_id")
         weight = self.weight
         if isinstance(weight, bool) or not isinstance(weight, Real):
             raise RecordError("weight", f"expected a number, got {type(weight).__name__}",
                               "bad_weight")
         weight = float(weight)
-        if not math.isfinite(weight) or weight < 0:
-            raise RecordError("weight", f"expected a finite number >= 0, got {weight!r}",
-                              "bad_weight")
+        if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:
+            raise RecordError("weight", f"expected a finite number >= 0 (at most {MAX_WEIGHT:.4g}, "
+                              f"the float32 limit), got {weight!r}", "bad_weight")
         # Frozen dataclass: normalised values are written through object.__setattr__.
         object.__setattr__(self, "responses", responses)
         object.__setattr__(self, "ranking", ranking)
@@ -213,6 +228,14 @@ class PreferenceRecord:
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _check_characters(text: str, field: str) -> None:
+    bad = _BAD_CHARACTERS.search(text)
+    if bad is not None:
+        what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate (invalid Unicode)"
+        raise RecordError(field, f"contains {what} {bad.group()!r} at character {bad.start()}",
+                          "bad_characters")
+
+
 def _as_tuple(value: object, field: str) -> tuple:
     # Any non-string iterable (list, tuple, numpy array) is accepted.
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):

@@ -1,17 +1,28 @@
-"""Preference records -> token ids, with truncation that is always counted.
+"""Preference records -> token ids, with every truncation, stub and skip counted.
 
 Conventions (the same as TRL's DPO tokenization, so first-step losses match):
 prompt and each response are tokenized separately and concatenated; the tokenizer's BOS (if it has
 one and does not add it itself) starts the prompt; EOS ends every response. When a prompt plus its
 longest response exceeds ``max_length``, the prompt is cut from the left to ``max_prompt_length``
 (its end, next to the response, is kept), then responses are cut from the right.
+
+Two cases the collator could not serve are settled here, once, for training and ``validate-data``:
+
+* A prompt that tokenizes to nothing (an empty prompt, or an implicit-prompt split with no shared
+  prefix, under a tokenizer without BOS) gets a one-token stub, the EOS id: the first response
+  token is then predicted from "start of text" (EOS is the document separator of such
+  tokenizers, as in GPT-2) instead of having no logit at all. Counted in ``num_prompt_stubs``.
+* An example whose responses are identical as token ids (after truncation, or because two texts
+  tokenize alike) carries no preference: it is skipped and counted under ``identical_tokens``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pluralign.data.loaders import MAX_PROBLEMS, DataError
 from pluralign.data.records import PreferenceRecord
+from pluralign.errors import PluralignError
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,25 @@ class TokenizedExample:
 
 @dataclass
 class TokenizedDataset:
+    """Tokenized examples and what tokenization did: ``num_truncated`` kept examples were cut,
+    ``num_prompt_stubs`` got the EOS prompt stub, ``skipped_by_reason`` counts records not kept
+    (``problems`` holds the first messages, each naming the record)."""
+
     examples: list[TokenizedExample]
     annotators: list[str] = field(default_factory=list)
     num_truncated: int = 0
-    num_dropped_empty: int = 0
+    num_prompt_stubs: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+    @property
+    def num_dropped_empty(self) -> int:
+        """Examples dropped because a response was truncated to nothing."""
+        return self.skipped_by_reason.get("empty_after_truncation", 0)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -49,10 +75,12 @@ class TokenizedDataset:
         return self.examples[i]
 
     def report(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_by_reason.items()))
         return (
             f"{len(self.examples)} tokenized examples; {self.num_truncated} truncated; "
-            f"{self.num_dropped_empty} dropped (a response truncated to nothing); "
-            f"{len(self.annotators)} annotators"
+            f"{self.num_prompt_stubs} with an empty prompt given the EOS stub; "
+            f"{self.num_skipped} skipped" + (f" ({reasons})" if reasons else "")
+            + f"; {len(self.annotators)} annotators"
         )
 
 
@@ -62,18 +90,30 @@ def tokenize_records(
     *,
     max_length: int = 1024,
     max_prompt_length: int = 512,
+    labels: list[str] | None = None,
 ) -> TokenizedDataset:
-    """Tokenize records; truncated and dropped examples are counted in the result."""
-    if max_prompt_length >= max_length:
-        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+    """Tokenize records; truncated, stubbed and skipped examples are counted in the result.
+
+    ``labels[i]`` names record i in problem messages (default ``"record i"``). Raises
+    :class:`~pluralign.data.loaders.DataError` when records were given but none (or none with a
+    weight above 0) survive, and :class:`~pluralign.errors.PluralignError` for lengths that leave
+    no room for a response.
+    """
+    if not 0 < max_prompt_length < max_length:
+        raise PluralignError(f"data.max_prompt_length = {max_prompt_length} and data.max_length = "
+                             f"{max_length}: expected 0 < max_prompt_length < max_length, so "
+                             "every response keeps at least one token")
     eos = tokenizer.eos_token_id
     bos = getattr(tokenizer, "bos_token_id", None)
     annotators: dict[str, int] = {}
     out = TokenizedDataset(examples=[])
-    for rec in records:
+    for i, rec in enumerate(records):
         prompt = list(_encode(tokenizer, rec.prompt))
         if bos is not None and (not prompt or prompt[0] != bos):
             prompt = [bos] + prompt
+        stub = not prompt
+        if stub:
+            prompt = [eos]
         responses = [list(_encode(tokenizer, r)) + [eos] for r in rec.responses]
         longest = max(len(r) for r in responses)
         truncated = False
@@ -83,10 +123,13 @@ def tokenize_records(
                 prompt = prompt[-max_prompt_length:]
             budget = max_length - len(prompt)
             responses = [r[:budget] for r in responses]
-        if any(len(r) == 0 for r in responses):
-            out.num_dropped_empty += 1
+        reason = _degenerate(responses, truncated)
+        if reason is not None:
+            label = labels[i] if labels is not None else f"record {i}"
+            _skip(out, reason[0], f"{label}: {reason[1]}")
             continue
         out.num_truncated += int(truncated)
+        out.num_prompt_stubs += int(stub)
         group = -1
         if rec.annotator_id is not None:
             group = annotators.setdefault(rec.annotator_id, len(annotators))
@@ -100,7 +143,34 @@ def tokenize_records(
             )
         )
     out.annotators = list(annotators)
+    if records and not out.examples:
+        raise DataError(f"no usable examples: all {len(records)} records were skipped in "
+                        f"tokenization ({out.report()}); first: {out.problems[0]}")
+    if out.examples and all(ex.weight == 0 for ex in out.examples):
+        raise DataError("every example left after tokenization has weight 0; field 'weight' "
+                        "must be > 0 for at least one", field="weight")
     return out
+
+
+def _degenerate(responses: list[list[int]], truncated: bool) -> tuple[str, str] | None:
+    """(reason, detail) when the tokenized responses cannot make a training example."""
+    if any(len(r) == 0 for r in responses):
+        return "empty_after_truncation", "a response was truncated to no tokens"
+    seen: dict[tuple[int, ...], int] = {}
+    for k, ids in enumerate(responses):
+        key = tuple(ids)
+        if key in seen:
+            how = "after truncation to max_length" if truncated else "as token ids"
+            return "identical_tokens", (f"responses {seen[key]} and {k} are identical {how}; "
+                                        "a preference needs distinct responses")
+        seen[key] = k
+    return None
+
+
+def _skip(out: TokenizedDataset, reason: str, message: str) -> None:
+    out.skipped_by_reason[reason] = out.skipped_by_reason.get(reason, 0) + 1
+    if len(out.problems) < MAX_PROBLEMS:
+        out.problems.append(message)
 
 
 def _encode(tokenizer, text: str) -> list[int]:

@@ -1,9 +1,19 @@
 """Check a preference data file before training: what loads, what is skipped and why, and shape.
 
-``pluralign validate-data FILE`` loads every row with ``on_error="skip"``, prints the load summary
-(counts by record kind, skips by reason, the first problems naming file, row and field) followed by
-data set statistics, and exits 0 when every row loaded, 1 when any row was skipped and 2 when the
-file cannot be used at all (unreadable, unknown format, empty).
+``pluralign validate-data FILE`` runs the checks training runs, with the same functions
+(:func:`~pluralign.data.loaders.load_preferences`, then
+:func:`~pluralign.data.tokenize.tokenize_records` with the run's tokenizer and lengths): rows that
+are malformed or degenerate, mixed formats, weights, empty prompts, responses identical after
+truncation. Rows are loaded with ``on_error="skip"`` so that every problem is listed. It prints the
+load summary (counts by record kind, skips by reason, the first problems naming file, row and
+field), the tokenization summary and data set statistics, and exits 0 when every row is usable, 1
+when any row was skipped (a run with ``data.on_error=raise`` stops at the first such malformed row)
+and 2 when the file cannot be used at all (unreadable, unknown or mixed format, empty, nothing
+left).
+
+The tokenizer and lengths are those of a run: ``--recipe`` takes them from a recipe; without it,
+the defaults of :class:`pluralign.train.config.RunConfig` (the offline ``byte`` tokenizer, lengths
+1024 / 512); ``--tokenizer``, ``--max-length``, ``--max-prompt-length`` and ``--ties`` override.
 """
 
 from __future__ import annotations
@@ -14,8 +24,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pluralign.data.loaders import MAX_PROBLEMS, DataError, LoadReport, load_preferences
+from pluralign.data.loaders import (
+    MAX_PROBLEMS,
+    LoadReport,
+    always_skipped,
+    check_usable,
+    load_preferences,
+)
 from pluralign.data.records import TIE_POLICIES, PreferenceRecord
+from pluralign.errors import PluralignError, one_line
 
 
 @dataclass
@@ -73,62 +90,119 @@ def compute_statistics(records: list[PreferenceRecord]) -> DatasetStatistics:
     return stats
 
 
-def validate_file(path: Any, *, tokenizer: Any = None, ties: str = "truncate") -> LoadReport:
-    """Load ``path`` with ``on_error="skip"`` and return its report with ``statistics`` filled.
+def validate_file(path: Any, *, tokenizer: Any = None, ties: str = "truncate",
+                  max_length: int = 1024, max_prompt_length: int = 512) -> LoadReport:
+    """Load ``path`` with ``on_error="skip"``; return its report with ``statistics`` filled and,
+    when a ``tokenizer`` is given, ``tokenization`` (what training's tokenization keeps and skips).
 
-    Raises :class:`DataError` only for problems with the file as a whole (unreadable, unknown row
-    format, no rows); every row-level problem is counted in the report instead.
+    Raises :class:`DataError` only when the file as a whole cannot be trained on (unreadable,
+    unknown or mixed row format, no rows, no usable records, all weights 0); every row-level
+    problem is counted in the report instead.
     """
-    result = load_preferences(path, tokenizer=tokenizer, on_error="skip", ties=ties)
-    result.report.statistics = compute_statistics(result.records)
-    return result.report
+    from pluralign.data.tokenize import tokenize_records
+
+    result = load_preferences(path, tokenizer=tokenizer, on_error="skip", ties=ties,
+                              allow_empty=True)
+    report = result.report
+    report.statistics = compute_statistics(result.records)
+    check_usable(result.records, report)
+    if tokenizer is not None:
+        labels = [f"{report.source} row {n}" for n in result.row_numbers]
+        report.tokenization = tokenize_records(result.records, tokenizer, max_length=max_length,
+                                               max_prompt_length=max_prompt_length, labels=labels)
+        report.tokenization_settings = (f"max_length {max_length}, "
+                                        f"max_prompt_length {max_prompt_length}")
+    return report
 
 
 def validate_command(args: argparse.Namespace) -> int:
     """CLI entry: print the validation summary; exit code 0 clean, 1 rows skipped, 2 file error.
 
-    ``args`` has ``path``, ``ties`` and optionally ``max_problems`` (problems listed, default 20)
-    and ``tokenizer`` (a name or local path for ``AutoTokenizer.from_pretrained``, needed for
-    conversational files).
+    ``args`` has ``path`` and optionally ``recipe`` (a list: path, then overrides), ``tokenizer``, ``ties``,
+    ``max_length``, ``max_prompt_length`` and ``max_problems`` (see :func:`add_validate_parser`).
     """
     max_problems = getattr(args, "max_problems", None)
     max_problems = MAX_PROBLEMS if max_problems is None else max_problems
-    tokenizer = None
-    tokenizer_name = getattr(args, "tokenizer", None)
-    if tokenizer_name:
-        from transformers import AutoTokenizer  # heavy import, only when asked for
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
-        except (OSError, ValueError) as error:
-            print(f"error: cannot load tokenizer {tokenizer_name!r}: {error}", file=sys.stderr)
-            return 2
     try:
-        report = validate_file(args.path, tokenizer=tokenizer, ties=args.ties)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+        settings = _run_settings(args)
+        tokenizer = _load_tokenizer(settings["tokenizer"])
+        report = validate_file(args.path, tokenizer=tokenizer, ties=settings["ties"],
+                               max_length=settings["max_length"],
+                               max_prompt_length=settings["max_prompt_length"])
+    except PluralignError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    report.tokenization_settings = f"tokenizer {settings['tokenizer']}, " + \
+        report.tokenization_settings
     print(report.summary(max_problems=max_problems))
-    return 1 if report.skipped else 0
+    stopping = report.skipped - sum(report.skipped_by_reason.get(reason, 0)
+                                    for reason in always_skipped(settings["ties"]))
+    if stopping and settings["on_error"] == "raise":
+        print(f"note: with data.on_error=raise a run stops at the first of these {stopping} "
+              "malformed rows; fix them or set data.on_error=skip")
+    skipped = report.skipped + report.tokenization.num_skipped
+    return 1 if skipped else 0
+
+
+def _run_settings(args: argparse.Namespace) -> dict:
+    """Tokenizer name, tie policy and lengths: flags, else the recipe's, else a run's defaults."""
+    from pluralign.train.config import RunConfig, load_config
+
+    recipe = getattr(args, "recipe", None)  # [path, override, ...]
+    cfg = load_config(recipe[0], recipe[1:]) if recipe else RunConfig()
+    chosen = {
+        "tokenizer": cfg.model.tokenizer or cfg.model.name,
+        "ties": cfg.data.ties,
+        "max_length": cfg.data.max_length,
+        "max_prompt_length": cfg.data.max_prompt_length,
+        "on_error": cfg.data.on_error,
+    }
+    for key in chosen:
+        value = getattr(args, key, None)
+        if value is not None:
+            chosen[key] = value
+    return chosen
+
+
+def _load_tokenizer(name: str):
+    from pluralign.models import load_tokenizer  # heavy import (transformers), only here
+
+    try:
+        return load_tokenizer(name)
+    except (OSError, ValueError) as error:
+        raise PluralignError(f"cannot load tokenizer {name!r}: {error}") from None
 
 
 def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``validate-data FILE [--ties ...] [--max-problems N] [--tokenizer NAME]``."""
+    """Add ``validate-data FILE [--recipe RECIPE [KEY=VALUE ...]] [--tokenizer NAME] [--ties ...]
+    [--max-length N] [--max-prompt-length N] [--max-problems N]``."""
     parser = subparsers.add_parser(
         "validate-data",
-        help="check a preference data file: loadable rows, skipped rows by reason, statistics",
-        description="Load a preference data file (jsonl, jsonl.gz, json, parquet, csv), report "
-                    "every skipped row by reason and the data set's shape. Exit code 0: all rows "
-                    "load; 1: some rows were skipped; 2: the file cannot be used.",
+        help="check a preference data file with training's checks: loadable rows, skips by "
+             "reason, tokenization, statistics",
+        description="Load a preference data file (jsonl, jsonl.gz, json, parquet, csv) and "
+                    "tokenize it as training would; report every skipped row by reason and the "
+                    "data set's shape. Exit code 0: all rows usable; 1: some rows were skipped; "
+                    "2: the file cannot be used.",
     )
     parser.add_argument("path", metavar="FILE", help="preference data file")
-    parser.add_argument("--ties", choices=TIE_POLICIES, default="truncate",
-                        help="how tied scores become rankings (default: truncate at the first tie)")
+    parser.add_argument("--recipe", nargs="+", default=None, metavar=("RECIPE", "KEY=VALUE"),
+                        help="take the tokenizer, tie policy and lengths from this YAML recipe, "
+                             "with overrides as for 'pluralign train' (after FILE; default: the "
+                             "defaults of a run)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer: a built-in name (byte, tiny) or a Hub id / local folder "
+                             "(default: the recipe's, else byte); its chat template renders "
+                             "conversational rows")
+    parser.add_argument("--ties", choices=TIE_POLICIES, default=None,
+                        help="how tied scores become rankings (default: the recipe's, else "
+                             "truncate at the first tie)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="prompt + response tokens (default: the recipe's, else 1024)")
+    parser.add_argument("--max-prompt-length", type=int, default=None,
+                        help="prompt tokens kept when truncating (default: the recipe's, else 512)")
     parser.add_argument("--max-problems", type=int, default=MAX_PROBLEMS,
                         help=f"problem messages to list (default: {MAX_PROBLEMS}; at most "
                              f"{MAX_PROBLEMS} are kept)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer name or path whose chat template renders "
-                             "conversational rows")
     parser.set_defaults(func=validate_command)
     return parser

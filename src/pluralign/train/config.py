@@ -222,18 +222,31 @@ def apply_override(data: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     data = {}
     if path is not None:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: the recipe is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     for item in overrides or []:
         apply_override(data, item)
+    # A data file given on the command line replaces the recipe's world (unless data.world is set too).
+    keys = {item.split("=", 1)[0].strip() for item in overrides or []}
+    if "data.path" in keys and not any(k.startswith("data.world") for k in keys):
+        if isinstance(data.get("data"), dict) and data["data"].get("path") is not None:
+            data["data"]["world"] = None
     try:
         return from_dict(RunConfig, data)
     except ConfigError as exc:

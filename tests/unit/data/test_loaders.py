@@ -15,7 +15,10 @@ from pluralign.data.loaders import (
 )
 from pluralign.data.records import PreferenceRecord
 
-HH_FILE = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+# The real HH-RLHF test split lives in the shared data folder next to the repository (../shared);
+# a clone without it skips the test that reads it.
+HH_FILE = (Path(__file__).resolve().parents[3].parent / "shared" / "data"
+           / "hh-rlhf-harmless-base-test.jsonl.gz")
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
@@ -178,16 +181,18 @@ def test_implicit_prompt_rows():
     rows = [{"chosen": "\n\nHuman: hi\n\nAssistant: Hello there.",
              "rejected": "\n\nHuman: hi\n\nAssistant: Go away."},
             {"chosen": "same", "rejected": "same"}]
-    with pytest.raises(DataError, match=r"list row 2, field 'rejected': chosen and rejected are "
-                                        r"identical"):
-        load_preferences(rows)
-    result = load_preferences(rows, on_error="skip")
-    assert result.report.format == "implicit_prompt"
-    assert result.records == [PreferenceRecord(
-        "\n\nHuman: hi\n\nAssistant:", (" Hello there.", " Go away."), (0, 1))]
-    assert result.report.skipped_by_reason == {"identical_responses": 1}
+    # identical responses carry no preference: skipped and counted under either on_error
+    for on_error in ("raise", "skip"):
+        result = load_preferences(rows, on_error=on_error)
+        assert result.report.format == "implicit_prompt"
+        assert result.records == [PreferenceRecord(
+            "\n\nHuman: hi\n\nAssistant:", (" Hello there.", " Go away."), (0, 1))]
+        assert result.report.skipped_by_reason == {"identical_responses": 1}
+        assert result.report.problems == [
+            "list row 2, field 'rejected': chosen and rejected are identical"]
 
 
+@pytest.mark.skipif(not HH_FILE.is_file(), reason=f"real HH-RLHF data not present at {HH_FILE}")
 def test_real_hh_rlhf_file():
     result = load_preferences(HH_FILE, on_error="skip")
     report = result.report
@@ -233,8 +238,8 @@ def test_conversational_implicit(chat_tokenizer):
     assert result.report.problems == [
         "list row 2, field 'chosen': chosen and rejected share no leading messages, so there is "
         "no prompt",
-        "list row 3, field 'chosen': one conversation is a prefix of the other, which leaves no "
-        "prompt"]
+        "list row 3, field 'rejected[0]': the last message is the response being judged and must "
+        "have role 'assistant', got 'user'"]
 
 
 def test_conversational_csv_cells_hold_json(tmp_path, chat_tokenizer):
@@ -317,7 +322,8 @@ BAD_ROWS = [
     (json.dumps(["not", "an", "object"]), "data.jsonl row 6: expected an object, got list",
      "not_an_object"),
     (json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "weight": -2}),
-     "data.jsonl row 7, field 'weight': expected a finite number >= 0, got -2.0", "bad_weight"),
+     "data.jsonl row 7, field 'weight': expected a finite number >= 0 (at most 3.403e+38, the "
+     "float32 limit), got -2.0", "bad_weight"),
     (json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "annotator_id": True}),
      "data.jsonl row 8, field 'annotator_id': expected a string or integer", "wrong_type"),
     (json.dumps({"prompt": 5, "chosen": "a", "rejected": "b"}),
@@ -392,8 +398,10 @@ def test_format_mismatch_inside_a_data_set(chat_tokenizer):
             {"prompt": [{"role": "user", "content": "q"}],
              "chosen": [{"role": "assistant", "content": "a"}],
              "rejected": [{"role": "assistant", "content": "b"}]}]
-    with pytest.raises(DataError, match="list row 2, field 'prompt': expected a string, got list"):
-        load_preferences(rows, tokenizer=chat_tokenizer)
+    with pytest.raises(DataError, match=r"list row 2: row format conversational \(prompt \+ chosen "
+                       r"\+ rejected message lists\) differs from explicit_prompt \(prompt \+ "
+                       r"chosen \+ rejected strings\) of row 1; a file must use one format"):
+        load_preferences(rows, tokenizer=chat_tokenizer, on_error="skip")
 
 
 def test_csv_bad_cells(tmp_path):
@@ -467,3 +475,70 @@ def test_csv_with_byte_order_mark(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_text("prompt,chosen,rejected\nq,a,b\n", encoding="utf-8-sig")
     assert load_preferences(path).records == [PreferenceRecord("q", ("a", "b"), (0, 1))]
+
+
+# ------------------------------------------------------------------- format per row, degenerate
+def test_a_later_prompt_field_is_never_silently_ignored():
+    # the first row has no prompt (implicit); a later row's prompt would be dropped if the format
+    # were decided once: a file must use one format, and the error names both rows
+    rows = [{"chosen": "Q: a? A: yes", "rejected": "Q: a? A: no"},
+            {"chosen": "Q: b? A: yes", "rejected": "Q: b? A: no"},
+            {"prompt": "Q: c?", "chosen": " yes", "rejected": " no"}]
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError, match=r"list row 3: row format explicit_prompt .* differs "
+                                            r"from implicit_prompt .* of row 1"):
+            load_preferences(rows, on_error=on_error)
+
+
+def test_a_row_matching_no_format_is_named_by_its_missing_field():
+    rows = [EXPLICIT_ROWS[0], {"prompt": "p", "chosen": "a"}]
+    with pytest.raises(DataError, match=r"list row 2, field 'rejected': missing"):
+        load_preferences(rows)
+
+
+def test_identical_responses_are_skipped_under_raise():
+    rows = [RANKED_ROWS[0], {"prompt": "p", "responses": ["a", "b", "a"], "ranking": [1]}]
+    result = load_preferences(rows)
+    assert len(result.records) == 1 and result.row_numbers == [1]
+    assert result.report.skipped_by_reason == {"identical_responses": 1}
+    assert result.report.problems == ["list row 2, field 'responses': responses 0 and 2 are "
+                                      "identical ('a'); a preference needs distinct responses"]
+
+
+def test_no_usable_records_and_zero_weights_are_errors():
+    same = [{"prompt": "p", "chosen": "a", "rejected": "a"}] * 2
+    with pytest.raises(DataError, match=r"list: no usable records: all 2 rows were skipped "
+                                        r"\(identical_responses: 2\); first: list row 1"):
+        load_preferences(same)
+    assert load_preferences(same, allow_empty=True).records == []
+    zero = [{**row, "weight": 0} for row in EXPLICIT_ROWS]
+    with pytest.raises(DataError, match=r"every record has weight 0"):
+        load_preferences(zero)
+    assert len(load_preferences([zero[0], EXPLICIT_ROWS[1]]).records) == 2  # some weight > 0
+
+
+def test_strings_with_nul_or_lone_surrogates_name_the_row(tmp_path):
+    path = tmp_path / "chars.jsonl"
+    path.write_text(json.dumps(EXPLICIT_ROWS[0]) + "\n"
+                    + '{"prompt": "p", "chosen": "a\\u0000", "rejected": "b"}\n'
+                    + '{"prompt": "\\udc80", "chosen": "a", "rejected": "b"}\n')
+    result = load_preferences(path, on_error="skip")
+    assert result.report.skipped_by_reason == {"bad_characters": 2}
+    assert result.report.problems == [
+        "chars.jsonl row 2, field 'responses[0]': contains a NUL character '\\x00' at character 1",
+        "chars.jsonl row 3, field 'prompt': contains a lone surrogate (invalid Unicode) '\\udc80' "
+        "at character 0"]
+
+
+def test_invalid_utf8_bom_crlf_and_paths(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    good = json.dumps(EXPLICIT_ROWS[0]).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + b'{"prompt": "\xc3"}\r\n' + good + b"\r\n")
+    result = load_preferences(path, on_error="skip")
+    assert result.records == [EXPLICIT_RECORDS[0]] * 2  # BOM and CR are not part of any field
+    assert result.report.problems == ["mixed.jsonl row 2: not valid UTF-8 at byte 12 of the line: "
+                                      "invalid continuation byte"]
+    with pytest.raises(DataError, match=r"is a directory; expected a data file"):
+        load_preferences(tmp_path)
+    with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
+        load_preferences(tmp_path / "nope.jsonl")

@@ -81,6 +81,11 @@ def test_implied_pairs_exact_lists():
     (dict(responses=("a", "b"), ranking=(0, 1), weight=-1.0), "weight", ">= 0"),
     (dict(responses=("a", "b"), ranking=(0, 1), weight=math.nan), "weight", "finite"),
     (dict(responses=("a", "b"), ranking=(0, 1), weight="1"), "weight", "expected a number"),
+    # finite as a Python float but inf as the float32 the batch holds
+    (dict(responses=("a", "b"), ranking=(0, 1), weight=1e300), "weight", "float32 limit"),
+    (dict(responses=("a", "b\x00"), ranking=(0, 1)), "responses[1]", "NUL character"),
+    (dict(responses=("\ud83d", "b"), ranking=(0, 1)), "responses[0]", "lone surrogate"),
+    (dict(responses=("a", "b"), ranking=(0, 1), annotator_id="x\x00"), "annotator_id", "NUL"),
     (dict(responses=("a", "b"), ranking=(0, 1), annotator_id=7), "annotator_id", "string"),
     (dict(responses="ab", ranking=(0, 1)), "responses", "expected a sequence"),
 ])
