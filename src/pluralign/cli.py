@@ -17,6 +17,13 @@ from pluralign.errors import PluralignError, one_line
 EXIT_BAD_INPUT = 2
 
 
+def _is_main_process() -> bool:
+    """Under torchrun/accelerate every process runs the command; only rank 0 reports."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _train(args) -> int:
     from pluralign.train.config import load_config
     from pluralign.train.offline import train
@@ -24,6 +31,8 @@ def _train(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
     result = train(cfg)
     last = result.history[-1] if result.history else {}
+    if not _is_main_process():
+        return 0
     print(f"done: {result.steps} steps, layout {result.layout}, final loss {last.get('loss', float('nan')):.4f}; "
           f"run folder {result.output_dir}")
     return 0

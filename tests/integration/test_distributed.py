@@ -15,6 +15,15 @@ from tolerance import assert_close_scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
+def _free_port() -> int:
+    """A port nobody holds now: a fixed one collides with any other suite running on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 spec = importlib.util.spec_from_file_location("distributed_runs", Path(__file__).with_name("distributed_runs.py"))
 runs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(runs)
@@ -28,7 +37,7 @@ def _rows(folder):
 def two_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29533", str(ROOT / "tests" / "integration" / "distributed_runs.py"), str(out)]
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(ROOT / "tests" / "integration" / "distributed_runs.py"), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out, proc.stdout + proc.stderr

@@ -88,6 +88,16 @@ def test_a_folder_holding_a_run_is_refused_or_replaced(pairs_file, tmp_path):
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_an_attempt_that_never_trained_does_not_block_the_rerun(pairs_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="do not fill one global batch"):
+        train(_cfg(pairs_file, out, "train.batch_size=100000"))
+    assert (out / "config.json").exists() and not (out / "checkpoints").exists()
+    train(_cfg(pairs_file, out, "train.max_steps=1"))  # the input fixed: no overwrite flag needed
+    assert json.loads((out / "config.json").read_text())["train"]["batch_size"] == 8
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
 def test_resume_with_settings_that_change_the_run_is_refused(pairs_file, tmp_path):
     out = tmp_path / "run"
     train(_cfg(pairs_file, out, "train.save_every=1"))

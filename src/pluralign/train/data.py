@@ -7,6 +7,8 @@ import logging
 import torch
 
 from pluralign.data.collate import Collator
+from pluralign.data.loaders import DataError, load_preferences
+from pluralign.train.config import ConfigError
 from pluralign.data.tokenize import TokenizedDataset
 
 log = logging.getLogger(__name__)
@@ -18,10 +20,8 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
     reports = reports if reports is not None else []
     d = cfg.data
     if (d.path is None) == (d.world is None):
-        raise ValueError("set exactly one of data.path and data.world")
+        raise ConfigError("set exactly one of data.path and data.world")
     if d.path is not None:
-        from pluralign.data.loaders import load_preferences
-
         result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties)
         log.info("%s", result.report.summary())
         reports.append(result.report.summary())
@@ -31,8 +31,6 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
         reports.append(f"world {d.world.name!r}: {len(records)} {d.world.kind} records (seed {d.world.seed})")
     eval_records = None
     if d.eval_path is not None:
-        from pluralign.data.loaders import load_preferences
-
         ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties)
         log.info("eval: %s", ev.report.summary())
         reports.append("eval data\n" + ev.report.summary())
@@ -43,7 +41,7 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
         eval_records = [records[i] for i in perm[:n_eval]]
         records = [records[i] for i in sorted(perm[n_eval:])]
     if not records:
-        raise ValueError("no training records left after loading")
+        raise DataError("no training records left after loading (see the skipped counts above)")
     return records, eval_records
 
 
@@ -52,7 +50,7 @@ def world_records(wcfg):
 
     makers = {"default": worlds.default_world, "tiny": worlds.tiny_world}
     if wcfg.name not in makers:
-        raise ValueError(f"data.world.name = {wcfg.name!r}; expected one of {sorted(makers)}")
+        raise ConfigError(f"data.world.name = {wcfg.name!r}; expected one of {sorted(makers)}")
     world = makers[wcfg.name]()
     if wcfg.kind == "pairs":
         return world.sample_pairs(wcfg.num_records, seed=wcfg.seed)

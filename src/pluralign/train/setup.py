@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # What a run writes into its folder; ``train.overwrite`` removes exactly these.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "data_report.txt", "tensorboard", "wandb", "wandb_run_id")
+PROGRESS_FILES = ("checkpoints", "metrics.jsonl")  # a folder with one of these holds a run that trained
 
 
 def cpu_data_parallel() -> bool:
@@ -70,12 +71,15 @@ def open_run_folder(tcfg: TrainConfig, accelerator: Accelerator, config: dict) -
         raise ConfigError(f"train.output_dir = {str(out)!r} is a file, not a folder")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     ours = [name for name in held if name in RUN_FILES]
-    if ours and not (tcfg.resume or tcfg.overwrite):
+    # A run holds something only once it has trained: what an attempt that stopped at a config or
+    # data error left (config.json, data_report.txt) is replaced, so fixing the input and rerunning works.
+    progress = [name for name in ours if name in PROGRESS_FILES]
+    if progress and not (tcfg.resume or tcfg.overwrite):
         raise ConfigError(f"train.output_dir = {str(out)!r} already holds a run ({', '.join(ours)}); set "
                           "train.resume=true to continue it, train.overwrite=true to replace it, or choose another folder")
     accelerator.wait_for_everyone()  # every process has looked before the main one changes anything
     if accelerator.is_main_process:
-        if tcfg.overwrite:
+        if tcfg.overwrite or not progress:
             for name in ours:
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
