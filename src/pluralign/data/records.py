@@ -69,6 +69,9 @@ class PreferenceRecord:
             A length K - 1 ranking is completed to length K by appending the missing index.
         annotator_id: who produced the ranking, when known (used by EM over annotator types).
         weight: finite, non-negative example weight (1.0 = ordinary example).
+        preference: P(chosen > rejected) in [0, 1] for a pair (1.0 = a hard label; a vote fraction
+            or a world's exact P_ij otherwise). Rankings (K > 2) carry 1.0: a soft label has no
+            single meaning for them, so any other value is an error.
 
     Lists are accepted for ``responses`` and ``ranking`` and stored as tuples, so records are
     hashable and comparable. Invalid values raise :class:`RecordError` (a ``ValueError``).
@@ -79,6 +82,7 @@ class PreferenceRecord:
     ranking: tuple[int, ...]
     annotator_id: str | None = None
     weight: float = 1.0
+    preference: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -107,10 +111,22 @@ class PreferenceRecord:
         if not math.isfinite(weight) or weight < 0:
             raise RecordError("weight", f"expected a finite number >= 0, got {weight!r}",
                               "bad_weight")
+        preference = self.preference
+        if isinstance(preference, bool) or not isinstance(preference, Real):
+            raise RecordError("preference", f"expected a number, got {type(preference).__name__}",
+                              "bad_preference")
+        preference = float(preference)
+        if not 0.0 <= preference <= 1.0:  # also rejects NaN
+            raise RecordError("preference", f"expected a probability in [0, 1], got {preference!r}",
+                              "bad_preference")
+        if preference != 1.0 and len(responses) != 2:
+            raise RecordError("preference", f"a soft label applies to pairs only; this record has "
+                              f"{len(responses)} responses (use 1.0 or omit it)", "bad_preference")
         # Frozen dataclass: normalised values are written through object.__setattr__.
         object.__setattr__(self, "responses", responses)
         object.__setattr__(self, "ranking", ranking)
         object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "preference", preference)
 
     # ----------------------------------------------------------------------------------- views
     @property
@@ -162,14 +178,14 @@ class PreferenceRecord:
     # ---------------------------------------------------------------------------- constructors
     @classmethod
     def from_pair(cls, prompt: str, chosen: str, rejected: str, annotator_id: str | None = None,
-                  weight: float = 1.0) -> PreferenceRecord:
+                  weight: float = 1.0, preference: float = 1.0) -> PreferenceRecord:
         """A K = 2 record: responses (chosen, rejected), ranking (0, 1)."""
-        return cls(prompt, (chosen, rejected), (0, 1), annotator_id, weight)
+        return cls(prompt, (chosen, rejected), (0, 1), annotator_id, weight, preference)
 
     @classmethod
     def from_scores(cls, prompt: str, responses: Sequence[str], scores: Sequence[float],
                     ties: str = "truncate", annotator_id: str | None = None,
-                    weight: float = 1.0) -> PreferenceRecord:
+                    weight: float = 1.0, preference: float = 1.0) -> PreferenceRecord:
         """Rank responses by score, higher is better, with an explicit tie policy.
 
         Responses are sorted by descending score into groups of equal score. With ``ties``:
@@ -209,7 +225,7 @@ class PreferenceRecord:
             if len(group) > 1:
                 break
             ranking.append(group[0])
-        return cls(prompt, tuple(responses), tuple(ranking), annotator_id, weight)
+        return cls(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference)
 
 
 # --------------------------------------------------------------------------------------- helpers

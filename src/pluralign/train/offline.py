@@ -174,7 +174,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
                 with accelerator.autocast():
                     pol, counts = policy(batch)
                     ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
-                    inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask)
+                    inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask, batch.preference)
                     losses, ex_stats = compute_objective(cfg.objective.name, inputs, cfg.objective.beta, cfg.objective.args)
                     loss = (batch.weights * losses).sum() / (bs * accum)
                 accelerator.backward(loss)
@@ -282,7 +282,7 @@ def evaluate(cfg, policy, reference, data, collator, device, groups) -> dict:
         batch = collator([data[i] for i in idx], idx).to(device)
         pol, counts = policy(batch)
         ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
-        inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask)
+        inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask, batch.preference)
         losses, ex_stats = compute_objective(cfg.objective.name, inputs, cfg.objective.beta, cfg.objective.args)
         stats.add(losses, batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
     policy.train()
