@@ -6,12 +6,13 @@ population's preferences (``evaluate_policy``), and the same finite problem can 
 exact solvers in ``pluralign.lab`` (``lab_problem``).
 """
 
-from pluralign.worlds.default import default_world, tiny_world
+from pluralign.worlds.default import bandit_world, default_world, tiny_world
 from pluralign.worlds.evaluate import evaluate_policy, evaluate_prompt, lab_problem, renormalise
 from pluralign.worlds.world import World
 
 __all__ = [
     "World",
+    "bandit_world",
     "default_world",
     "evaluate_policy",
     "evaluate_prompt",
