@@ -1,4 +1,4 @@
-"""Command line: ``pluralign train | demo | validate-data | lab ...``."""
+"""Command line: ``pluralign train | demo | validate-data | eval | lab ...``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pluralign.data.validate import add_validate_parser
 
     add_validate_parser(sub)
+    from pluralign.eval.cli import add_eval_parser; add_eval_parser(sub)  # noqa: E702
     try:
         from pluralign.lab.cli import register as register_lab
     except ImportError:  # the lab commands need only numpy/scipy/matplotlib

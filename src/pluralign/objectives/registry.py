@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from pluralign.objectives import pairwise
+from pluralign.objectives.divergence import reference_kl
 from pluralign.objectives.plackett_luce import plackett_luce_loss
 
 
@@ -63,7 +64,10 @@ def preference_stats(inputs: PreferenceLogps, beta: float) -> dict[str, torch.Te
     rewards/* are implicit rewards beta * (log pi - log pi_ref) (summed log-probs); "chosen" is the
     top-ranked response and "rejected" the mean over the others; rewards/accuracies is 1 when the
     chosen reward beats every other response's; rewards/ranking_accuracy is the fraction of the
-    ranking's implied pairs (winner above loser) that the implicit rewards order correctly.
+    ranking's implied pairs (winner above loser) that the implicit rewards order correctly;
+    kl/reference is :func:`pluralign.objectives.divergence.reference_kl`, the KL of policy and
+    reference over the example's responses (for reference-free objectives the loop passes zeros
+    as the reference, so it is then the KL to uniform over the responses).
     """
     with torch.no_grad():
         r = beta * (inputs.policy - inputs.reference)
@@ -85,6 +89,7 @@ def preference_stats(inputs: PreferenceLogps, beta: float) -> dict[str, torch.Te
             "rewards/ranking_accuracy": _ranking_accuracy(r, inputs),
             "logps/chosen": logp_top,
             "logps/rejected": logp_rest,
+            "kl/reference": reference_kl(inputs.policy, inputs.reference, mask),
         }
 
 
