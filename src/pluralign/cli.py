@@ -1,4 +1,4 @@
-"""Command line: ``pluralign train | demo | validate-data | lab ...``.
+"""Command line: ``pluralign train | demo | validate-data | eval | lab ...``.
 
 Bad input (a config key, a data row, a path: any :class:`pluralign.errors.PluralignError`) is
 printed as one line ``error: ...`` and exits with status 2, the same status argparse uses for a
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pluralign.data.validate import add_validate_parser
 
     add_validate_parser(sub)
+    from pluralign.eval.cli import add_eval_parser; add_eval_parser(sub)  # noqa: E702
     try:
         from pluralign.lab.cli import register as register_lab
     except ImportError:  # the lab commands need only numpy/scipy/matplotlib

@@ -3,11 +3,16 @@
 1. Build the default world (8 prompts x 4 candidates; a 70% majority and a 30% minority group)
    and the tiny Llama-architecture model with the byte tokenizer.
 2. SFT the model on every candidate alike, so it starts near uniform over each candidate set.
-3. From that SFT model, train DPO and RPO on the world's pooled pairwise preferences (annotator
-   groups not revealed to the objective), evaluating the LM exactly on the world as it trains.
-4. Solve the same finite problem exactly with :mod:`pluralign.lab` (the DPO and RPO population
-   optima with the SFT model as reference and the uniform pair sampler), and the
-   preference-matching target.
+3. From that SFT model, train DPO and RPO twice each, evaluating the LM exactly on the world as it
+   trains: on sampled pairs (the world's pooled pairwise preferences, annotator groups not revealed
+   to the objective; what finite data does), and on the world's population data set (every
+   distinct pair once, weight ∝ mu_i mu_j, soft label P_ij) full-batch with a schedule that
+   converges, so the LM reaches the population optimum itself.
+4. Solve the same finite problem exactly (``pluralign.worlds.population.population_optimum``, i.e.
+   :mod:`pluralign.lab`'s DPO and RPO optima with the SFT model's candidate distribution as
+   reference and the uniform sampler over distinct pairs), and the preference-matching target.
+   RPO's NLL term sees the LM's absolute probabilities; the exact answer describes the LM's
+   candidate distribution when its mass is on the candidates, so the report shows that mass.
 5. Write ``report.md``, ``summary.json`` and PNG plots into the run folder.
 
 Every number in the report is computed by this run.
@@ -25,16 +30,18 @@ import numpy as np
 
 from pluralign import lab
 from pluralign.data.records import PreferenceRecord
-from pluralign.eval.world_eval import candidate_distributions, evaluate_lm
+from pluralign.eval.world_eval import candidate_distributions, candidate_mass, evaluate_lm
 from pluralign.models import load_model, load_tokenizer
 from pluralign.train.config import ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, TrainConfig
 from pluralign.train.offline import train
 from pluralign.worlds import default_world, lab_problem
+from pluralign.worlds.population import population_optimum, population_pairs
 
 log = logging.getLogger(__name__)
 
 BETA = 0.1
 RPO_ETA = 1.0  # RPO weight eta (the SFT term is eta * beta * summed NLL of the chosen response)
+POPULATION_LR = 1e-2  # full-batch AdamW on the population data, cosine decay to 0, no clipping
 
 
 def _sft_records(world, copies: int) -> list[PreferenceRecord]:
@@ -66,15 +73,15 @@ def _world_logger(world, tokenizer, reference):
 
 
 def exact_answers(world, pi_sft: list[np.ndarray], beta: float, eta: float) -> dict:
-    """Minority mass and PM divergence of the exact DPO / RPO optima and of the PM target."""
+    """Minority mass and PM divergence of the exact DPO / RPO population optima (uniform sampler
+    over distinct pairs, the objective both the sampled and the population runs estimate) and of
+    the PM target."""
     rows = {"dpo": [], "rpo": [], "target": [], "sft": []}
     for x, ref in enumerate(pi_sft):
         prob = lab_problem(world, x)
-        K = len(ref)
-        mu = np.full(K, 1.0 / K)
         policies = {
-            "dpo": lab.dpo_optimum(prob["P"], ref, mu, beta),
-            "rpo": lab.rpo_optimum(prob["P"], ref, mu, beta, eta),
+            "dpo": population_optimum(world, x, "dpo", ref, beta),
+            "rpo": population_optimum(world, x, "rpo", ref, beta, args={"eta": eta}),
             "target": prob["target"],
             "sft": ref,
         }
@@ -90,7 +97,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     out.mkdir(parents=True, exist_ok=True)
     world = default_world(seed)
     tokenizer = load_tokenizer("byte")
-    sft_steps, pref_steps, n_pairs = (150, 30, 960) if quick else (1500, 600, 9600)
+    sft_steps, pref_steps, n_pairs, pop_steps = (150, 30, 960, 150) if quick else (1500, 600, 9600, 200)
     log_every = 10 if quick else 20
 
     print(f"[1/4] SFT on the world's candidates ({sft_steps} steps)")
@@ -101,23 +108,36 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     pi_sft = candidate_distributions(sft.model, tokenizer, world)
 
     pairs = world.sample_pairs(n_pairs, seed=seed + 1)
-    runs = {}
+    population = population_pairs(world)
+    runs, pop_runs = {}, {}
     objectives = {"dpo": ObjectiveConfig(name="dpo", beta=BETA),
                   "rpo": ObjectiveConfig(name="rpo", beta=BETA, args={"eta": RPO_ETA})}
     for i, (name, objective) in enumerate(objectives.items(), start=2):
-        print(f"[{i}/4] {name.upper()} on {n_pairs} pooled preference pairs ({pref_steps} steps)")
+        print(f"[{i}/4] {name.upper()} on {n_pairs} pooled preference pairs ({pref_steps} steps), then on the "
+              f"{len(population)}-pair population data set (full batch, {pop_steps} steps)")
         runs[name] = train(_config(out / name, objective, 5e-4, pref_steps, 32, log_every, scheduler="cosine"),
                            model=copy.deepcopy(sft.model), tokenizer=tokenizer, records=pairs,
                            on_log=_world_logger(world, tokenizer, pi_sft))
+        pop_runs[name] = train(_config(out / f"{name}_population", objective, POPULATION_LR, pop_steps, len(population),
+                                       log_every, max_grad_norm=None, scheduler="cosine"),
+                               model=copy.deepcopy(sft.model), tokenizer=tokenizer, records=population,
+                               on_log=_world_logger(world, tokenizer, pi_sft))
 
     print("[4/4] exact answers from pluralign.lab and the report")
     exact = exact_answers(world, pi_sft, BETA, RPO_ETA)
     final = {name: evaluate_lm(r.model, tokenizer, world, pi_sft)["mean"] for name, r in runs.items()}
+    final_pop = {name: evaluate_lm(r.model, tokenizer, world, pi_sft)["mean"] for name, r in pop_runs.items()}
+    scalars = lambda m: {k: v for k, v in m.items() if not isinstance(v, dict)}  # noqa: E731
     summary = {
         "beta": BETA, "rpo_eta": RPO_ETA, "num_pairs": n_pairs, "sft_steps": sft_steps, "preference_steps": pref_steps,
+        "population_steps": pop_steps, "population_pairs": len(population), "population_lr": POPULATION_LR,
         "population_minority_share": float(world.group_weights[world.minority_group]),
         "exact": exact,
-        "lm_final": {n: {k: v for k, v in m.items() if not isinstance(v, dict)} for n, m in final.items()},
+        "lm_final": {n: scalars(m) for n, m in final.items()},
+        "lm_population_final": {n: scalars(m) for n, m in final_pop.items()},
+        "candidate_mass": {"sft": float(np.mean(candidate_mass(sft.model, tokenizer, world))),
+                           **{f"{n}_population": float(np.mean(candidate_mass(r.model, tokenizer, world)))
+                              for n, r in pop_runs.items()}},
         "lm_sft": {"minority_mass": exact["sft"]["minority_mass"], "pm_divergence": exact["sft"]["pm_divergence"]},
         "chosen_logps": {n: [(h["step"], h.get("logps/chosen")) for h in r.history if "logps/chosen" in h] for n, r in runs.items()},
         "chosen_logps_first_quarter": {n: _window_mean(r.history, 0.0, 0.25) for n, r in runs.items()},
@@ -125,7 +145,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
         "seconds": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plots(out, runs, exact)
+    _plots(out, runs, pop_runs, exact)
     (out / "report.md").write_text(_report(summary, runs))
     print(f"report: {out / 'report.md'}  ({summary['seconds']:.0f} s)")
     return summary
@@ -145,23 +165,25 @@ def _running_mean(values: list[float], window: int) -> np.ndarray:
     return (c[1:] - c[np.arange(len(v)) + 1 - n]) / n
 
 
-def _plots(out: Path, runs: dict, exact: dict) -> None:
+def _plots(out: Path, runs: dict, pop_runs: dict, exact: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {"dpo": "tab:red", "rpo": "tab:blue"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
     for name, r in runs.items():
         pts = [(h["step"], h["world/minority_mass"]) for h in r.history if "world/minority_mass" in h]
-        ax.plot(*zip(*pts), color=colours[name], label=f"LM {name.upper()}")
+        ax.plot(*zip(*pts), color=colours[name], alpha=0.6, lw=1, label=f"LM {name.upper()}, sampled pairs")
+        pts = [(h["step"], h["world/minority_mass"]) for h in pop_runs[name].history if "world/minority_mass" in h]
+        ax.plot(*zip(*pts), color=colours[name], lw=2, label=f"LM {name.upper()}, population data (full batch)")
         ax.axhline(exact[name]["minority_mass"], color=colours[name], ls="--", lw=1, label=f"exact {name.upper()} optimum")
     ax.axhline(exact["target"]["minority_mass"], color="k", ls=":", label="population (PM) target")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mass on the minority's response")
     ax.set_title("Minority mass: LM training vs the exact finite answer")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "minority_mass.png", dpi=120)
     plt.close(fig)
@@ -181,7 +203,7 @@ def _plots(out: Path, runs: dict, exact: dict) -> None:
 
 
 def _report(s: dict, runs: dict) -> str:
-    e, f = s["exact"], s["lm_final"]
+    e, f, fp, cm = s["exact"], s["lm_final"], s["lm_population_final"], s["candidate_mass"]
     first, last = s["chosen_logps_first_quarter"], s["chosen_logps_last_quarter"]
     lines = [
         "# pluralign demo",
@@ -189,20 +211,29 @@ def _report(s: dict, runs: dict) -> str:
         f"World: 8 prompts x 4 candidates; majority share {1 - s['population_minority_share']:.1f}, "
         f"minority share {s['population_minority_share']:.1f}. Model: tiny Llama (byte tokenizer), SFT for "
         f"{s['sft_steps']} steps, then DPO and RPO (beta = {s['beta']}, RPO eta = {s['rpo_eta']}) for "
-        f"{s['preference_steps']} steps on {s['num_pairs']} pooled pairs. Run time {s['seconds']:.0f} s.",
+        f"{s['preference_steps']} steps on {s['num_pairs']} pooled pairs, and for {s['population_steps']} full-batch "
+        f"steps on the world's {s['population_pairs']}-pair population data set (AdamW, lr {s['population_lr']:g}, "
+        f"cosine to 0). Run time {s['seconds']:.0f} s.",
         "",
         "## Mass on the minority's distinctive response (mean over prompts)",
         "",
-        "| policy | LM (this run) | exact (pluralign.lab) | PM divergence, LM | PM divergence, exact |",
-        "|---|---|---|---|---|",
-        f"| SFT reference | {s['lm_sft']['minority_mass']:.3f} | - | {s['lm_sft']['pm_divergence']:.4f} | - |",
-        f"| DPO | {f['dpo']['minority_mass']:.3f} | {e['dpo']['minority_mass']:.3f} | {f['dpo']['pm_divergence']:.4f} | {e['dpo']['pm_divergence']:.4f} |",
-        f"| RPO | {f['rpo']['minority_mass']:.3f} | {e['rpo']['minority_mass']:.3f} | {f['rpo']['pm_divergence']:.4f} | {e['rpo']['pm_divergence']:.4f} |",
-        f"| population target (preference matching) | - | {e['target']['minority_mass']:.3f} | - | {e['target']['pm_divergence']:.4f} |",
+        "| policy | LM, population data | LM, sampled pairs | exact (pluralign.lab) | PM div., LM population | PM div., LM sampled | PM div., exact |",
+        "|---|---|---|---|---|---|---|",
+        f"| SFT reference | {s['lm_sft']['minority_mass']:.3f} | - | - | {s['lm_sft']['pm_divergence']:.4f} | - | - |",
+        *[f"| {n.upper()} | {fp[n]['minority_mass']:.3f} | {f[n]['minority_mass']:.3f} | {e[n]['minority_mass']:.3f} | "
+          f"{fp[n]['pm_divergence']:.4f} | {f[n]['pm_divergence']:.4f} | {e[n]['pm_divergence']:.4f} |" for n in ("dpo", "rpo")],
+        f"| population target (preference matching) | - | - | {e['target']['minority_mass']:.3f} | - | - | {e['target']['pm_divergence']:.4f} |",
         "",
         "The exact column is the population optimum of the same objective on the same finite problem "
-        "(reference = the SFT model's candidate distribution, uniform pair sampler); the LM column is "
-        "the trained model's renormalised candidate distribution after a finite run on sampled pairs.",
+        "(reference = the SFT model's candidate distribution, uniform sampler over distinct pairs). "
+        "The population-data LM is trained on that objective itself (every distinct pair once, weight ∝ mu_i mu_j, "
+        "soft label P_ij, full batch) and should sit on the exact answer; the sampled-pairs LM shows what a finite "
+        "run on finite data does. LM columns are the trained model's renormalised candidate distribution.",
+        "",
+        f"RPO's NLL term sees the LM's absolute probabilities, so the exact RPO answer (a distribution over the "
+        f"candidates) describes the LM when its mass is on the candidates. Mean mass on the candidates: SFT "
+        f"reference {cm['sft']:.3g}, after population DPO {cm['dpo_population']:.3g}, after population RPO "
+        f"{cm['rpo_population']:.3g} (DPO sees only log-ratios within the candidate set, so its answer does not depend on it).",
         "",
         "![minority mass](minority_mass.png)",
         "",

@@ -36,6 +36,7 @@ class Batch:
     ranking: torch.Tensor  # [B, K] long, best first, -1 past the ranked entries
     num_ranked: torch.Tensor  # [B] long
     weights: torch.Tensor  # [B] float
+    preference: torch.Tensor  # [B] float, P(chosen > rejected); 1 for rankings
     groups: torch.Tensor  # [B] long, -1 when unknown
     layout: str
     num_examples: int
@@ -161,6 +162,7 @@ class Collator:
             ranking=ranking,
             num_ranked=num_ranked,
             weights=torch.tensor([ex.weight for ex in examples], dtype=torch.float32),
+            preference=torch.tensor([ex.preference for ex in examples], dtype=torch.float32),
             groups=torch.tensor([ex.group for ex in examples], dtype=torch.long),
             layout=self.layout,
             num_examples=B,

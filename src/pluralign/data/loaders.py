@@ -18,13 +18,14 @@ without ``prompt`` would otherwise be read two ways):
 * ``ranked``: ``{"prompt": str, "responses": [str, ...], "ranking": [int, ...]}`` or with
   ``"scores": [float, ...]`` (higher is better) instead of ``"ranking"``.
 
-Every format accepts optional ``"annotator_id"`` (string, or integer converted to a string) and
-``"weight"`` (number, default 1.0). Other keys are ignored.
+Every format accepts optional ``"annotator_id"`` (string, or integer converted to a string),
+``"weight"`` (number, default 1.0) and ``"preference"`` (P(chosen > rejected) in [0, 1], default 1.0;
+pairs only). Other keys are ignored.
 
 CSV encoding: one column per field; ``responses``, ``ranking`` and ``scores`` cells hold JSON lists
 (``["a", "b"]``, ``[1, 0]``); in conversational files ``prompt``/``chosen``/``rejected`` cells hold
 JSON lists of messages (detected when the first row's ``chosen`` cell is such a list); ``weight`` is
-a number; an empty ``annotator_id`` or ``weight`` cell means absent.
+a number; an empty ``annotator_id``, ``weight`` or ``preference`` cell means absent.
 
 Errors. A bad row produces ``"<file> row <n>, field '<field>': <what is wrong>"`` (row numbers are
 1-based data rows; for JSONL they are line numbers). ``on_error="raise"`` raises :class:`DataError`
@@ -258,7 +259,7 @@ def check_usable(records: list[PreferenceRecord], report: LoadReport) -> None:
 
 def save_preferences(records: Iterable[PreferenceRecord], path: str | os.PathLike) -> Path:
     """Write records as ranked JSONL (``.jsonl`` or ``.jsonl.gz``); :func:`load_preferences` reads
-    them back as equal records. Each line: prompt, responses, ranking, annotator_id, weight."""
+    them back as equal records. Each line: prompt, responses, ranking, annotator_id, weight, preference."""
     path = Path(path)
     if not path.name.lower().endswith((".jsonl", ".jsonl.gz")):
         raise ValueError(f"save_preferences writes .jsonl or .jsonl.gz, got {path.name!r}")
@@ -271,7 +272,7 @@ def save_preferences(records: Iterable[PreferenceRecord], path: str | os.PathLik
             handle.write(json.dumps({
                 "prompt": record.prompt, "responses": list(record.responses),
                 "ranking": list(record.ranking), "annotator_id": record.annotator_id,
-                "weight": record.weight,
+                "weight": record.weight, "preference": record.preference,
             }, ensure_ascii=False) + "\n")
     return path
 
@@ -426,20 +427,21 @@ def _parse_ranked(row: Mapping, ties: str) -> PreferenceRecord:
     if ranking is not None and scores is not None:
         raise _RowError("ranking", "give either 'ranking' or 'scores', not both",
                         "ambiguous_ranking")
-    annotator_id, weight = _metadata(row)
+    annotator_id, weight, preference = _metadata(row)
     if scores is not None:
         if not isinstance(scores, (list, tuple)):
             raise _RowError("scores", f"expected a list of numbers, got {_type_name(scores)}",
                             "wrong_type")
         return PreferenceRecord.from_scores(prompt, responses, scores, ties=ties,
-                                            annotator_id=annotator_id, weight=weight)
+                                            annotator_id=annotator_id, weight=weight,
+                                            preference=preference)
     if ranking is None:
         raise _RowError("ranking", "missing (a ranked row needs 'ranking' or 'scores')",
                         "missing_field")
     if not isinstance(ranking, (list, tuple)):
         raise _RowError("ranking", f"expected a list of indices, got {_type_name(ranking)}",
                         "wrong_type")
-    return PreferenceRecord(prompt, tuple(responses), tuple(ranking), annotator_id, weight)
+    return PreferenceRecord(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference)
 
 
 # ------------------------------------------------------------------------------- field helpers
@@ -489,7 +491,7 @@ def _render(tokenizer: Any, messages: list, field_name: str, *, add_generation_p
     return text
 
 
-def _metadata(row: Mapping) -> tuple[str | None, float]:
+def _metadata(row: Mapping) -> tuple[str | None, float, float]:
     annotator_id = row.get("annotator_id")
     if annotator_id is not None:
         if isinstance(annotator_id, bool):
@@ -507,7 +509,13 @@ def _metadata(row: Mapping) -> tuple[str | None, float]:
         weight = 1.0
     elif isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise _RowError("weight", f"expected a number, got {_type_name(weight)}", "bad_weight")
-    return annotator_id, weight
+    preference = row.get("preference")
+    if preference is None:
+        preference = 1.0
+    elif isinstance(preference, bool) or not isinstance(preference, (int, float)):
+        raise _RowError("preference", f"expected a number in [0, 1], got {_type_name(preference)}",
+                        "bad_preference")
+    return annotator_id, weight, preference
 
 
 def _decode_csv_row(row: Mapping, row_format: str) -> dict:
@@ -520,7 +528,7 @@ def _decode_csv_row(row: Mapping, row_format: str) -> dict:
     json_fields = {FORMAT_RANKED: ("responses", "ranking", "scores"),
                    FORMAT_CONVERSATIONAL: ("prompt", "chosen", "rejected"),
                    FORMAT_CONVERSATIONAL_IMPLICIT: ("chosen", "rejected")}.get(row_format, ())
-    optional = {"annotator_id", "weight", "ranking", "scores"}
+    optional = {"annotator_id", "weight", "preference", "ranking", "scores"}
     for name in decoded.keys() & optional:
         if decoded[name].strip() == "":
             decoded[name] = None
@@ -531,12 +539,13 @@ def _decode_csv_row(row: Mapping, row_format: str) -> dict:
             except json.JSONDecodeError as error:
                 raise _RowError(name, f"expected a JSON list in the CSV cell ({error.msg}), got "
                                 f"{_short(decoded[name])}", "bad_csv_cell") from None
-    if decoded.get("weight") is not None:
-        try:
-            decoded["weight"] = float(decoded["weight"])
-        except ValueError:
-            raise _RowError("weight", f"expected a number, got {_short(decoded['weight'])}",
-                            "bad_weight") from None
+    for name in ("weight", "preference"):
+        if decoded.get(name) is not None:
+            try:
+                decoded[name] = float(decoded[name])
+            except ValueError:
+                raise _RowError(name, f"expected a number, got {_short(decoded[name])}",
+                                f"bad_{name}") from None
     return decoded
 
 

@@ -77,6 +77,9 @@ class PreferenceRecord:
         annotator_id: who produced the ranking, when known (used by EM over annotator types).
         weight: finite, non-negative example weight (1.0 = ordinary example), at most the largest
             float32 (batches hold weights as float32).
+        preference: P(chosen > rejected) in [0, 1] for a pair (1.0 = a hard label; a vote fraction
+            or a world's exact P_ij otherwise). Rankings (K > 2) carry 1.0: a soft label has no
+            single meaning for them, so any other value is an error.
 
     Strings must not contain NUL or lone surrogates (invalid Unicode, e.g. from a JSON ``"\\ud800"``
     escape): tokenizers cannot encode them faithfully.
@@ -90,6 +93,7 @@ class PreferenceRecord:
     ranking: tuple[int, ...]
     annotator_id: str | None = None
     weight: float = 1.0
+    preference: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -122,10 +126,22 @@ class PreferenceRecord:
         if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:
             raise RecordError("weight", f"expected a finite number >= 0 (at most {MAX_WEIGHT:.4g}, "
                               f"the float32 limit), got {weight!r}", "bad_weight")
+        preference = self.preference
+        if isinstance(preference, bool) or not isinstance(preference, Real):
+            raise RecordError("preference", f"expected a number, got {type(preference).__name__}",
+                              "bad_preference")
+        preference = float(preference)
+        if not 0.0 <= preference <= 1.0:  # also rejects NaN
+            raise RecordError("preference", f"expected a probability in [0, 1], got {preference!r}",
+                              "bad_preference")
+        if preference != 1.0 and len(responses) != 2:
+            raise RecordError("preference", f"a soft label applies to pairs only; this record has "
+                              f"{len(responses)} responses (use 1.0 or omit it)", "bad_preference")
         # Frozen dataclass: normalised values are written through object.__setattr__.
         object.__setattr__(self, "responses", responses)
         object.__setattr__(self, "ranking", ranking)
         object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "preference", preference)
 
     # ----------------------------------------------------------------------------------- views
     @property
@@ -177,14 +193,14 @@ class PreferenceRecord:
     # ---------------------------------------------------------------------------- constructors
     @classmethod
     def from_pair(cls, prompt: str, chosen: str, rejected: str, annotator_id: str | None = None,
-                  weight: float = 1.0) -> PreferenceRecord:
+                  weight: float = 1.0, preference: float = 1.0) -> PreferenceRecord:
         """A K = 2 record: responses (chosen, rejected), ranking (0, 1)."""
-        return cls(prompt, (chosen, rejected), (0, 1), annotator_id, weight)
+        return cls(prompt, (chosen, rejected), (0, 1), annotator_id, weight, preference)
 
     @classmethod
     def from_scores(cls, prompt: str, responses: Sequence[str], scores: Sequence[float],
                     ties: str = "truncate", annotator_id: str | None = None,
-                    weight: float = 1.0) -> PreferenceRecord:
+                    weight: float = 1.0, preference: float = 1.0) -> PreferenceRecord:
         """Rank responses by score, higher is better, with an explicit tie policy.
 
         Responses are sorted by descending score into groups of equal score. With ``ties``:
@@ -224,7 +240,7 @@ class PreferenceRecord:
             if len(group) > 1:
                 break
             ranking.append(group[0])
-        return cls(prompt, tuple(responses), tuple(ranking), annotator_id, weight)
+        return cls(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference)
 
 
 # --------------------------------------------------------------------------------------- helpers

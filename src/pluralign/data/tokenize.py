@@ -34,6 +34,7 @@ class TokenizedExample:
     ranking: tuple[int, ...]
     weight: float = 1.0
     group: int = -1  # index into TokenizedDataset.annotators, -1 when unknown
+    preference: float = 1.0  # P(chosen > rejected) for a pair; 1.0 for rankings
 
     @property
     def num_tokens_shared(self) -> int:
@@ -140,6 +141,7 @@ def tokenize_records(
                 ranking=tuple(rec.ranking),
                 weight=float(rec.weight),
                 group=group,
+                preference=float(rec.preference),
             )
         )
     out.annotators = list(annotators)

@@ -17,8 +17,20 @@ from pluralign.logprobs import score_candidates
 from pluralign.worlds import evaluate_policy, renormalise
 
 
+def candidate_logprobs(model, tokenizer, world) -> list[np.ndarray]:
+    """Summed log p_LM(y_k | x) of every candidate of every prompt (EOS included)."""
+    return [score_candidates(model, tokenizer, p, c).double().numpy() for p, c in zip(world.prompts, world.candidates)]
+
+
 def candidate_distributions(model, tokenizer, world) -> list[np.ndarray]:
-    return [renormalise(score_candidates(model, tokenizer, p, c).double().numpy()) for p, c in zip(world.prompts, world.candidates)]
+    """The LM's distribution over each prompt's candidates (``renormalise`` of their log-probs)."""
+    return [renormalise(lp) for lp in candidate_logprobs(model, tokenizer, world)]
+
+
+def candidate_mass(model, tokenizer, world) -> list[float]:
+    """sum_k p_LM(y_k | x) per prompt: how much of the LM's mass lies on the candidate set (<= 1).
+    Objectives with an NLL term (RPO, SFT) see these absolute probabilities."""
+    return [float(np.exp(lp).sum()) for lp in candidate_logprobs(model, tokenizer, world)]
 
 
 def evaluate_lm(model, tokenizer, world, reference_probs=None) -> dict:

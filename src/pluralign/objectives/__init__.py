@@ -1,5 +1,6 @@
 """Preference objectives: pure functions of sequence log-probs, and a name registry."""
 
+from pluralign.objectives.divergence import reference_kl
 from pluralign.objectives.pairwise import dpo_loss, ipo_loss, logratio, rpo_loss, rpo_mean_loss
 from pluralign.objectives.plackett_luce import plackett_luce_loss
 from pluralign.objectives.registry import (
@@ -24,6 +25,7 @@ __all__ = [
     "logratio",
     "plackett_luce_loss",
     "preference_stats",
+    "reference_kl",
     "rpo_loss",
     "rpo_mean_loss",
 ]

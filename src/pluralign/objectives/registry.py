@@ -17,12 +17,17 @@ from typing import Callable
 import torch
 
 from pluralign.objectives import pairwise
+from pluralign.objectives.divergence import reference_kl
 from pluralign.objectives.plackett_luce import plackett_luce_loss
 
 
 @dataclass
 class PreferenceLogps:
-    """Summed log-probs of the K responses of B examples, with their ranking."""
+    """Summed log-probs of the K responses of B examples, with their ranking.
+
+    ``preference`` [B] is each pair's soft label P(ranked first > ranked second) (None: all 1;
+    rankings of 3+ responses always carry 1, see :class:`pluralign.data.records.PreferenceRecord`).
+    """
 
     policy: torch.Tensor  # [B, K]
     reference: torch.Tensor  # [B, K]
@@ -30,6 +35,7 @@ class PreferenceLogps:
     ranking: torch.Tensor  # [B, K] long, -1 padded
     num_ranked: torch.Tensor  # [B]
     response_mask: torch.Tensor  # [B, K] bool
+    preference: torch.Tensor | None = None  # [B] float in [0, 1]
 
     def pair(self, mean: bool = False):
         """(policy_chosen, policy_rejected, ref_chosen, ref_rejected) for pair data (K == 2)."""
@@ -48,6 +54,9 @@ class PreferenceLogps:
     def chosen_num_tokens(self) -> torch.Tensor:
         return self.num_tokens.gather(1, self.ranking[:, 0:1]).squeeze(1)
 
+    def rejected_num_tokens(self) -> torch.Tensor:
+        return self.num_tokens.gather(1, self.ranking[:, 1:2]).squeeze(1)
+
 
 def preference_stats(inputs: PreferenceLogps, beta: float) -> dict[str, torch.Tensor]:
     """Per-example statistics with TRL's names, plus ranking accuracy for K > 2.
@@ -55,7 +64,10 @@ def preference_stats(inputs: PreferenceLogps, beta: float) -> dict[str, torch.Te
     rewards/* are implicit rewards beta * (log pi - log pi_ref) (summed log-probs); "chosen" is the
     top-ranked response and "rejected" the mean over the others; rewards/accuracies is 1 when the
     chosen reward beats every other response's; rewards/ranking_accuracy is the fraction of the
-    ranking's implied pairs (winner above loser) that the implicit rewards order correctly.
+    ranking's implied pairs (winner above loser) that the implicit rewards order correctly;
+    kl/reference is :func:`pluralign.objectives.divergence.reference_kl`, the KL of policy and
+    reference over the example's responses (for reference-free objectives the loop passes zeros
+    as the reference, so it is then the KL to uniform over the responses).
     """
     with torch.no_grad():
         r = beta * (inputs.policy - inputs.reference)
@@ -77,6 +89,7 @@ def preference_stats(inputs: PreferenceLogps, beta: float) -> dict[str, torch.Te
             "rewards/ranking_accuracy": _ranking_accuracy(r, inputs),
             "logps/chosen": logp_top,
             "logps/rejected": logp_rest,
+            "kl/reference": reference_kl(inputs.policy, inputs.reference, mask),
         }
 
 
@@ -95,33 +108,59 @@ def _ranking_accuracy(r: torch.Tensor, inputs: PreferenceLogps) -> torch.Tensor:
 
 
 def _dpo(x: PreferenceLogps, beta: float, label_smoothing: float = 0.0):
-    return pairwise.dpo_loss(*x.pair(), beta=beta, label_smoothing=label_smoothing)
+    return pairwise.dpo_loss(*x.pair(), beta=beta, label_smoothing=label_smoothing, preference=x.preference)
 
 
 def _ipo(x: PreferenceLogps, beta: float):
-    return pairwise.ipo_loss(*x.pair(), tau=beta)
+    return pairwise.ipo_loss(*x.pair(), tau=beta, preference=x.preference)
 
 
 def _ipo_trl(x: PreferenceLogps, beta: float):
-    return pairwise.ipo_loss(*x.pair(mean=True), tau=beta)
+    return pairwise.ipo_loss(*x.pair(mean=True), tau=beta, preference=x.preference)
 
 
 def _rpo(x: PreferenceLogps, beta: float, eta: float, label_smoothing: float = 0.0):
-    return pairwise.rpo_loss(*x.pair(), beta=beta, eta=eta, label_smoothing=label_smoothing)
+    return pairwise.rpo_loss(*x.pair(), beta=beta, eta=eta, label_smoothing=label_smoothing, preference=x.preference)
 
 
 def _rpo_mean(x: PreferenceLogps, beta: float, nll_coef: float, label_smoothing: float = 0.0):
-    return pairwise.rpo_mean_loss(*x.pair(), x.chosen_num_tokens(), beta=beta, nll_coef=nll_coef, label_smoothing=label_smoothing)
+    return pairwise.rpo_mean_loss(*x.pair(), x.chosen_num_tokens(), beta=beta, nll_coef=nll_coef,
+                                  label_smoothing=label_smoothing, preference=x.preference,
+                                  rejected_num_tokens=x.rejected_num_tokens())
+
+
+def _reverse_pairs(x: PreferenceLogps) -> torch.Tensor:
+    """The ranking with each two-response row's order reversed (other rows unchanged)."""
+    swapped = ranking = x.ranking
+    if ranking.shape[1] >= 2:
+        swapped = ranking.clone()
+        swapped[:, [0, 1]] = ranking[:, [1, 0]]
+    is_pair = (x.response_mask.sum(1) == 2)[:, None]
+    return torch.where(is_pair, swapped, ranking)
 
 
 def _plackett_luce(x: PreferenceLogps, beta: float):
-    return plackett_luce_loss(x.policy, x.reference, x.ranking, x.num_ranked, x.response_mask, beta=beta)
+    """PL-DPO; a pair's soft label p mixes the loss of its order and of the reversed order,
+    p l(w > l) + (1 - p) l(l > w) (DPO's soft label, since K = 2 is DPO); rankings carry p = 1."""
+    loss = plackett_luce_loss(x.policy, x.reference, x.ranking, x.num_ranked, x.response_mask, beta=beta)
+    if x.preference is None or bool((x.preference == 1).all()):
+        return loss
+    reverse = plackett_luce_loss(x.policy, x.reference, _reverse_pairs(x), x.num_ranked,
+                                 x.response_mask, beta=beta)
+    return pairwise.winner_mix(loss, reverse, x.preference)
 
 
 def _sft(x: PreferenceLogps, beta: float):
-    """Token-mean NLL of the top-ranked response (supervised fine-tuning on chosen responses)."""
-    chosen = x.ranking[:, 0:1]
-    return -(x.policy.gather(1, chosen) / x.num_tokens.gather(1, chosen).clamp_min(1)).squeeze(1)
+    """Token-mean NLL of the top-ranked response (supervised fine-tuning on chosen responses).
+
+    With a pair's soft label p it is the expectation over the winner,
+    -p log pi(y_w)/|y_w| - (1 - p) log pi(y_l)/|y_l|; rankings carry p = 1 (top response only)."""
+    mean = x.policy / x.num_tokens.clamp_min(1)
+    chosen = mean.gather(1, x.ranking[:, 0:1]).squeeze(1)
+    if x.preference is None or x.policy.shape[1] < 2:
+        return -chosen
+    second = mean.gather(1, x.ranking[:, 1:2].clamp_min(0)).squeeze(1)  # -1 (top-1 of K > 2) has p = 1
+    return -pairwise.winner_mix(chosen, second, x.preference)
 
 
 def _sft_all(x: PreferenceLogps, beta: float):

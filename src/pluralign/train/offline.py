@@ -85,7 +85,7 @@ def objective_losses(cfg: RunConfig, policy, reference, batch):
     """(per-example losses [B], per-example stats) of the configured objective on one batch."""
     pol, counts = policy(batch)
     ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
-    inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask)
+    inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask, batch.preference)
     return compute_objective(cfg.objective.name, inputs, cfg.objective.beta, cfg.objective.args)
 
 

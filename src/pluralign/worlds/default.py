@@ -111,3 +111,25 @@ def tiny_world() -> World:
         minority_group=1,
         annotators_per_group=20,
     )
+
+
+def bandit_world() -> World:
+    """Two prompts with four short candidates each, for LM-vs-lab convergence tests.
+
+    Prompt 0's candidates are one byte token each ("A".."D"), prompt 1's one or two ("x", "yz", "w",
+    "uv"); with the byte tokenizer and EOS a candidate is 2 or 3 tokens. Shares 0.7 / 0.3; rewards
+    (majority row, minority row) follow the M/N/S/B roles of ``default_world`` without jitter:
+        prompt 0 (M, N, S, B):        [1.5, 0.0, 0.3, -1.5] and [-1.0, 2.0, 0.3, -1.5]
+        prompt 1 (S, M, B, N):        [0.3, 1.5, -1.5, 0.0] and [0.3, -1.0, -1.5, 2.0]
+    so the population preference matrix is not Bradley-Terry and the minority's response is
+    "B" for prompt 0 and "uv" for prompt 1.
+    """
+    return World(
+        prompts=["Pick:", "Say:"],
+        candidates=[["A", "B", "C", "D"], ["x", "yz", "w", "uv"]],
+        group_names=["majority", "minority"],
+        group_weights=np.array([0.7, 0.3]),
+        rewards=[ROLE_REWARDS.copy(), ROLE_REWARDS[:, [2, 0, 3, 1]].copy()],
+        minority_group=1,
+        annotators_per_group=10,
+    )
