@@ -62,3 +62,21 @@ def reward_stats(rewards, ranking, num_ranked, response_mask) -> dict[str, torch
                              response_mask)
     stats = preference_stats(inputs, beta=1.0)
     return {k: v for k, v in stats.items() if k.startswith("rewards/")}
+
+
+def reward_model_loss(rewards, ranking, num_ranked, response_mask, preference=None, margin=None,
+                      center_coefficient: float = 0.0) -> torch.Tensor:
+    """Per-example reward-model loss [B]: Bradley-Terry on pairs when a soft label ``preference``
+    or a ``margin`` is given (those are pair quantities), Plackett-Luce otherwise (which is
+    Bradley-Terry for K = 2); plus ``center_coefficient * reward_centering``."""
+    if preference is not None or margin is not None:
+        if rewards.shape[1] != 2 or not bool((num_ranked == 2).all()):
+            raise ValueError("reward model: soft labels and margins are defined for pairs (K = 2) only")
+        chosen, rejected = ranking[:, 0:1], ranking[:, 1:2]
+        loss = bradley_terry_loss(rewards.gather(1, chosen).squeeze(1), rewards.gather(1, rejected).squeeze(1),
+                                  margin=margin, preference=preference)
+    else:
+        loss = plackett_luce_reward_loss(rewards, ranking, num_ranked, response_mask)
+    if center_coefficient:
+        loss = loss + center_coefficient * reward_centering(rewards, response_mask)
+    return loss
