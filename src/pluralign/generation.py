@@ -97,6 +97,8 @@ def missing_eos_penalty(rewards: torch.Tensor, finish_reasons: Sequence[str], pe
 
 
 class Generator(Protocol):
+    tokenizer: object
+
     def generate(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> Completions: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -137,7 +139,7 @@ class TransformersGenerator:
     """
 
     def __init__(self, model, tokenizer, *, prefill_once: bool = True, batch_size: int | None = None):
-        self.model = model
+        self.model, self.tokenizer = model, tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.end_ids = end_token_ids(tokenizer, model)
         self.prefill_once = prefill_once
@@ -266,7 +268,7 @@ class VLLMGenerator:
         self._vllm = vllm
         llm_kwargs.setdefault("gpu_memory_utilization", 0.3)
         self.llm = vllm.LLM(model=model_name_or_path, **llm_kwargs)
-        self.pad_id = tokenizer.pad_token_id
+        self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_token_id
         self.end_ids = end_token_ids(tokenizer)
 
     def sync_weights(self, model) -> None:  # pragma: no cover - needs a GPU and vLLM

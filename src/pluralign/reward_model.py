@@ -14,7 +14,6 @@ the prompt and itself, so its score equals scoring it alone (checked in the test
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,8 +24,7 @@ from pluralign.logprobs import model_inputs
 from pluralign.models import load_model, unwrap_peft
 
 HEADS = ("classifier", "value")
-VALUE_HEAD_FILE = "value_head.safetensors"
-MARKER_FILE = "pluralign_reward_model.json"
+VALUE_HEAD = "value_head"  # the value head's module name inside the causal LM (saved with it)
 
 
 def response_token_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,57 +48,58 @@ def last_token_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 class RewardModel(nn.Module):
-    """A backbone returning hidden states and a linear head to one score, read at each response's
-    last token. ``source`` is the transformers model saved by :meth:`save_pretrained`."""
+    """A transformers model ``source`` (a sequence classifier, or a causal LM carrying a
+    ``value_head`` module) scored by its backbone and head at each response's last token.
+    ``source`` holds every weight, so saving it saves the reward model."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, kind: str, source: nn.Module):
+    def __init__(self, source: nn.Module, kind: str):
         super().__init__()
         if kind not in HEADS:
             raise ValueError(f"reward model head {kind!r}: expected one of {list(HEADS)}")
-        self.backbone, self.head, self.kind = backbone, head, kind
-        self.source = source if kind == "classifier" else None
-        self._lm = [source] if kind == "value" else []  # saved with the head, not a second submodule
+        self.source, self.kind = source, kind
+
+    @property
+    def backbone(self) -> nn.Module:
+        return unwrap_peft(self.source).base_model
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(unwrap_peft(self.source), "score" if self.kind == "classifier" else VALUE_HEAD)
 
     @classmethod
     def from_sequence_classifier(cls, model: nn.Module) -> "RewardModel":
         inner = unwrap_peft(model)
-        head = getattr(inner, "score", None)
-        if head is None or getattr(inner.config, "num_labels", 1) != 1:
+        if getattr(inner, "score", None) is None or getattr(inner.config, "num_labels", 1) != 1:
             raise ValueError("reward model: expected a sequence-classification model with a 'score' head and "
                              f"num_labels=1, got {type(inner).__name__}")
-        return cls(inner.base_model, head, "classifier", model)
+        return cls(model, "classifier")
 
     @classmethod
-    def with_value_head(cls, lm: nn.Module, head: nn.Module | None = None) -> "RewardModel":
+    def with_value_head(cls, lm: nn.Module) -> "RewardModel":
+        """Adds a zero-initialised linear value head to ``lm`` (if it has none): every reward starts
+        at 0 (loss ln 2) and the backbone's first gradient is 0."""
         inner = unwrap_peft(lm)
-        if head is None:
-            # zero init: every reward starts at 0 (loss ln 2), and the backbone is untouched at step 0
-            head = nn.Linear(inner.config.hidden_size, 1)
+        if not hasattr(inner, VALUE_HEAD):
+            head = nn.Linear(inner.config.hidden_size, 1).to(inner.dtype)
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
-        return cls(inner.base_model, head, "value", lm)
+            setattr(inner, VALUE_HEAD, head)
+        return cls(lm, "value")
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Rewards [B, K] (0 where an example has fewer than K responses)."""
-        dtype = next(self.backbone.parameters()).dtype
-        hidden = self.backbone(**model_inputs(batch, dtype), use_cache=False).last_hidden_state
+        backbone = self.backbone
+        dtype = next(backbone.parameters()).dtype
+        hidden = backbone(**model_inputs(batch, dtype), use_cache=False).last_hidden_state
         seq, rows, cols = last_token_positions(batch)
         scores = self.head(hidden[rows, cols]).squeeze(-1).float()
         flat = torch.zeros(batch.num_examples * batch.max_responses, device=scores.device, dtype=scores.dtype)
         return flat.index_put((seq,), scores).view(batch.num_examples, batch.max_responses)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """``classifier``: the transformers model (loads with AutoModelForSequenceClassification);
-        ``value``: the causal LM plus ``value_head.safetensors``."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        model = self.source if self.kind == "classifier" else self._lm[0]
-        model.save_pretrained(str(path))
-        if self.kind == "value":
-            save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, str(path / VALUE_HEAD_FILE))
-        (path / MARKER_FILE).write_text(json.dumps({"head": self.kind}) + "\n")
+    def save_pretrained(self, path: str | Path, **kwargs) -> None:
+        """The transformers model: a classifier loads with AutoModelForSequenceClassification; a
+        value-head model with :func:`load_reward_model` (or AutoModelForCausalLM, dropping the head)."""
+        self.source.save_pretrained(str(path), **kwargs)
 
 
 def build_reward_model(name: str, tokenizer, head: str = "classifier", *, dtype: str = "float32", seed: int = 0,
@@ -127,20 +126,27 @@ def build_reward_model(name: str, tokenizer, head: str = "classifier", *, dtype:
 
 
 def load_reward_model(path: str | Path, tokenizer, *, dtype: str = "float32") -> RewardModel:
-    """Load a reward model saved by :meth:`RewardModel.save_pretrained` (or any sequence classifier)."""
-    from safetensors.torch import load_file
+    """Load a reward model saved by :meth:`RewardModel.save_pretrained` (a checkpoint's ``model/``
+    folder) or any sequence classifier; a value head is recognised by its weights."""
+    from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification
 
-    path = Path(path)
-    marker = path / MARKER_FILE
-    kind = json.loads(marker.read_text())["head"] if marker.exists() else "classifier"
-    if kind == "value":
-        lm = load_model(str(path), tokenizer, dtype=dtype)
-        state = load_file(str(path / VALUE_HEAD_FILE))
-        head = nn.Linear(state["weight"].shape[1], 1).to(lm.dtype)
-        head.load_state_dict(state)
-        return RewardModel.with_value_head(lm, head)
     from pluralign.models import resolve_dtype
 
+    path = Path(path)
+    weights = path / "model.safetensors"
+    keys = set()
+    if weights.exists():
+        with safe_open(str(weights), "pt") as fh:
+            keys = set(fh.keys())
+    head_keys = {f"{VALUE_HEAD}.weight", f"{VALUE_HEAD}.bias"}
+    if head_keys <= keys:
+        lm = load_model(str(path), tokenizer, dtype=dtype)
+        with safe_open(str(weights), "pt") as fh:
+            state = {k.split(".", 1)[1]: fh.get_tensor(k) for k in head_keys}
+        head = nn.Linear(state["weight"].shape[1], 1).to(lm.dtype)
+        head.load_state_dict(state)
+        setattr(lm, VALUE_HEAD, head)
+        return RewardModel(lm, "value")
     clf = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=resolve_dtype(dtype))
     return RewardModel.from_sequence_classifier(clf)

@@ -15,6 +15,7 @@ import torch
 
 from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedExample
+from pluralign.rl.scoring import encode_prompt
 
 RewardFn = Callable[..., Sequence[float]]
 
@@ -58,16 +59,14 @@ class WeightedRewards:
 def _group_examples(tokenizer, prompts: list[str], completions: list[str]) -> list[TokenizedExample]:
     """Consecutive completions of the same prompt become one shared-prefix example, tokenized as
     the data layer does (prompt with BOS if the tokenizer has one, EOS closing every response)."""
-    bos, eos = getattr(tokenizer, "bos_token_id", None), tokenizer.eos_token_id
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tokenizer.eos_token_id
     examples, start = [], 0
     for i in range(1, len(prompts) + 1):
         if i == len(prompts) or prompts[i] != prompts[start]:
-            p = encode(prompts[start])
-            if bos is not None and (not p or p[0] != bos):
-                p = [bos] + p
-            responses = tuple(tuple(encode(c) + [eos]) for c in completions[start:i])
-            examples.append(TokenizedExample(tuple(p), responses, tuple(range(i - start))))
+            responses = tuple(tuple(tokenizer(c, add_special_tokens=False)["input_ids"] + [eos])
+                              for c in completions[start:i])
+            examples.append(TokenizedExample(tuple(encode_prompt(tokenizer, prompts[start])), responses,
+                                             tuple(range(i - start))))
             start = i
     return examples
 

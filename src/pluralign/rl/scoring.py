@@ -15,6 +15,14 @@ from pluralign.data.tokenize import TokenizedExample
 from pluralign.generation import Completions
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt token ids as the data layer makes them (:mod:`pluralign.data.tokenize`): the
+    tokenizer's BOS first when it has one and does not add it itself."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [bos] + ids if bos is not None and (not ids or ids[0] != bos) else ids
+
+
 def rollout_examples(completions: Completions) -> list[TokenizedExample]:
     """One example per prompt with its k completions as responses (in sampling order)."""
     ids = completions.completion_ids()
