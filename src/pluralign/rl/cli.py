@@ -3,36 +3,31 @@
 from __future__ import annotations
 
 
-def _rm(args) -> int:
-    from pluralign.rl.config import RMRunConfig
-    from pluralign.rl.reward_training import train_reward_model
+def _run(args) -> int:
+    from pluralign.rl import config
     from pluralign.train.config import load_config
 
-    result = train_reward_model(load_config(args.recipe, args.overrides, cls=RMRunConfig))
+    if args.command == "rm":
+        from pluralign.rl.reward_training import train_reward_model as train
+
+        cls, keys = config.RMRunConfig, ("rewards/accuracies", "eval_rewards/accuracies")
+    else:
+        from pluralign.rl.training import train_rl as train
+
+        cls, keys = config.RLRunConfig, ("reward", "kl")
+    result = train(load_config(args.recipe, args.overrides, cls=cls))
     last = result.history[-1] if result.history else {}
-    print(f"done: {result.steps} steps; accuracy {last.get('rewards/accuracies', float('nan')):.3f}, held-out "
-          f"{last.get('eval_rewards/accuracies', float('nan')):.3f}; run folder {result.output_dir}")
-    return 0
-
-
-def _rl(args) -> int:
-    from pluralign.rl.config import RLRunConfig
-    from pluralign.rl.training import train_rl
-    from pluralign.train.config import load_config
-
-    result = train_rl(load_config(args.recipe, args.overrides, cls=RLRunConfig))
-    last = result.history[-1] if result.history else {}
-    print(f"done: {result.steps} steps; reward {last.get('reward', float('nan')):.4f}, kl "
-          f"{last.get('kl', float('nan')):.4f}; run folder {result.output_dir}")
+    shown = ", ".join(f"{k} {last.get(k, float('nan')):.4f}" for k in keys)
+    print(f"done: {result.steps} steps; {shown}; run folder {result.output_dir}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rm", help="train a reward model (Bradley-Terry / Plackett-Luce) from a YAML recipe")
-    p.add_argument("recipe", help="YAML recipe (see recipes/rm_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. reward_model.head=value")
-    p.set_defaults(func=_rm)
-    p = sub.add_parser("rl", help="on-policy RLHF (RLOO; KL, PM or conditional-PM penalty) from a YAML recipe")
-    p.add_argument("recipe", help="YAML recipe (see recipes/rl_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. rl.penalty=pm")
-    p.set_defaults(func=_rl)
+    for name, what, example in (
+        ("rm", "train a reward model (Bradley-Terry / Plackett-Luce) from a YAML recipe", "reward_model.head=value"),
+        ("rl", "on-policy RLHF (RLOO; KL, PM or conditional-PM penalty) from a YAML recipe", "rl.penalty=pm"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("recipe", help=f"YAML recipe (see recipes/{name}_*.yaml)")
+        p.add_argument("overrides", nargs="*", help=f"key.sub=value overrides, e.g. {example}")
+        p.set_defaults(func=_run)

@@ -43,16 +43,11 @@ from pluralign.rl.config import RLRunConfig
 from pluralign.rl.estimators import get_advantage_estimator, policy_gradient_loss
 from pluralign.rl.rewards import ModelReward, WeightedRewards, WorldReward
 from pluralign.rl.scoring import encode_prompt, rollout_batch, token_logprobs
-from pluralign.train.checkpoint import Checkpointer
-from pluralign.train.config import ConfigError, check_config, to_dict
-from pluralign.train.metrics import MetricsLogger
+from pluralign.train.config import ConfigError
 from pluralign.train.offline import TrainResult, total_training_steps
-from pluralign.train.optim import build_optimizer, build_scheduler
-from pluralign.train.progress import Progress
 from pluralign.train.reference import build_reference
-from pluralign.train.resume import check_resume
-from pluralign.train.setup import build_policy, make_accelerator, open_run_folder
-from pluralign.train.step import StepDriver
+from pluralign.train.wiring import start_run, wire_training
+from pluralign.train.setup import build_policy
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +132,7 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
              on_log=None) -> TrainResult:
     """Run on-policy RL as configured. ``prompts`` (strings) and ``reward_functions`` (callables)
     replace the configured ones; ``on_log(step, model)`` may return extra metrics at logged steps."""
-    check_config(cfg)
-    config = json.loads(json.dumps(to_dict(cfg)))
-    accelerator = make_accelerator(cfg.train)
-    out = open_run_folder(cfg.train, accelerator, config)
-    if cfg.train.resume:
-        check_resume(out, config, accelerator.num_processes)
+    config, accelerator, out = start_run(cfg)
     is_main, device, world_size = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     rl = cfg.rl
 
@@ -163,32 +153,19 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
         live_cfg = dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, precompute=False))
         (reference,) = build_reference(live_cfg, accelerator, model, tokenizer, [prompts], collator, out)
 
-    optimizer = build_optimizer(policy.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    checkpointer = Checkpointer(accelerator, policy, out, cfg.train.keep_checkpoints, export=lambda m: m.model,
-                                prefix="model.")
-    driver = StepDriver(accelerator, policy, optimizer, scheduler, cfg.optim.max_grad_norm, cfg.train.max_nonfinite_steps)
-    state = checkpointer.resume() if cfg.train.resume else None
-    start_step = state["step"] if state else 0
-    if state:
-        driver.guard.skipped_steps = state.get("skipped_steps", 0)
-
+    run = wire_training(accelerator, cfg, policy, out, total_steps, config, f"rl/{rl.penalty}", export=lambda m: m.model,
+                        prefix="model.")
+    policy = run.module
     generator = TransformersGenerator(accelerator.unwrap_model(policy).model, tokenizer)
     sampling = dict(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                     num_completions=rl.num_completions)
-    logger = MetricsLogger(out, cfg.train.report_to, is_main, resume_step=start_step if cfg.train.resume else None,
-                           config=config)
-    progress = Progress(total_steps, start_step, f"rl/{rl.penalty}", cfg.train.progress_bar and is_main,
-                        cfg.train.progress_every)
-    history, rank = [], accelerator.process_index
+    rank = accelerator.process_index
     order, order_epoch = None, -1
-    if on_log is not None and start_step == 0 and is_main:
-        extra = on_log(0, generator.model) or {}
-        history.append({"step": 0, **extra})
-        logger.log({"step": 0, **extra})
-    for step in range(start_step, total_steps):
+    if on_log is not None and run.start_step == 0 and is_main:
+        extra = {"step": 0, **(on_log(0, generator.model) or {})}
+        run.history.append(extra)
+        run.logger.log(extra)
+    for step in range(run.start_step, total_steps):
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != order_epoch:
             order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.train.seed + epoch)).tolist()
@@ -209,30 +186,21 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
             logp = token_logprobs(policy, r.batch, r.mask.shape[1])
             return policy_gradient_loss(logp, r.advantages, r.mask).mean()
 
-        outcome = driver.step(step + 1, rollouts, micro_loss)
+        outcome = run.driver.step(step + 1, rollouts, micro_loss)
         generator.sync_weights(accelerator.unwrap_model(policy).model)
         done = step + 1
         row = _reduce_stats(accelerator, [r.stats for r in rollouts])
-        row.update(loss=outcome.loss_sum / accum, step=done, epoch=done / per_epoch, learning_rate=outcome.learning_rate,
-                   grad_norm=outcome.grad_norm, skipped_steps=driver.guard.skipped_steps, num_processes=world_size,
-                   rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0)
+        row.update(loss=outcome.loss_sum / accum, rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0,
+                   **run.step_fields(outcome, done, per_epoch))
         logged = done % cfg.train.log_every == 0 or done == total_steps
         if logged and is_main:
             if world is not None and rl.eval_world:
                 row.update(world_metrics(generator.model, tokenizer, world))
             if on_log is not None:
                 row.update(on_log(done, generator.model) or {})
-        history.append(row)
-        if logged:
-            logger.log(row)
-        progress.update(done, row)
-        if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == total_steps:
-            checkpointer.save(done, {"step": done, "epoch": done / per_epoch, "num_processes": world_size,
-                                     "skipped_steps": driver.guard.skipped_steps}, tokenizer)
-    progress.close()
-    logger.close()
-    accelerator.wait_for_everyone()
-    return TrainResult(out, total_steps, history, accelerator.unwrap_model(policy).model, tokenizer, collator.layout)
+        run.record(row, done, total_steps, logged, tokenizer, per_epoch)
+    run.close()
+    return TrainResult(out, total_steps, run.history, accelerator.unwrap_model(policy).model, tokenizer, collator.layout)
 
 
 @torch.no_grad()
