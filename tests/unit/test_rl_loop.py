@@ -59,7 +59,7 @@ def test_rl_cli_end_to_end_with_the_trained_reward_model(reward_model_run, tmp_p
     assert rc == 0
     rows = _rows(tmp_path / "rl")
     assert [r["step"] for r in rows] == [1, 2]
-    for key in TRL_METRICS + ("loss", "rewards/reward_model", "world/minority_mass", "world/tv_to_target"):
+    for key in TRL_METRICS + ("loss", "pm_divergence", "rewards/reward_model", "world/minority_mass", "world/tv_to_target"):
         assert key in rows[-1] and math.isfinite(rows[-1][key]), key
     assert rows[-1]["completions/mean_length"] <= 4
     assert (tmp_path / "rl/checkpoints/step-000002/model/model.safetensors").exists()

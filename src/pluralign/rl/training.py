@@ -17,7 +17,9 @@ prompt order only on (train.seed, epoch), so a resumed run repeats the uninterru
 Metrics (TRL's names): ``reward`` (mean s), ``reward_std`` (mean over prompts of the std of s over
 the k samples), ``rewards/<function>``, ``kl`` (mean of sum_t log pi/pi_ref, the k1 sequence KL),
 ``entropy`` (mean per-token entropy of the policy at sampling time), ``penalty`` (mean sum_t c_t),
-``completions/mean_length``, ``completions/clipped_ratio``, ``loss``; with a world, the exact
+``completions/mean_length``, ``completions/clipped_ratio``, ``loss``, ``pm_divergence`` (mean
+Bernoulli KL between sigma(s_1 - s_2) and pi(y_1)/(pi(y_1) + pi(y_2)) over pairs of completions of
+a prompt, :mod:`pluralign.rl.metrics`); with a world, the exact
 ``world/pm_divergence``, ``world/minority_mass``, ``world/tv_to_target`` of the policy's
 renormalised candidate distribution.
 """
@@ -41,6 +43,7 @@ from pluralign.models import load_tokenizer
 from pluralign.objectives.penalties import compute_penalty, sequence_penalty
 from pluralign.rl.config import RLRunConfig
 from pluralign.rl.estimators import get_advantage_estimator, policy_gradient_loss
+from pluralign.rl.metrics import rollout_pm_divergence
 from pluralign.rl.rewards import ModelReward, WeightedRewards, WorldReward
 from pluralign.rl.scoring import encode_prompt, rollout_batch, token_logprobs
 from pluralign.train.config import ConfigError
@@ -237,6 +240,8 @@ def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, prom
     }
     if reference is not None:
         stats["kl"] = ((logp - ref) * maskf).sum(-1).mean()
+    pm_div, _, _ = rollout_pm_divergence((logp * maskf).sum(-1).view(-1, k), score.view(-1, k))
+    stats["pm_divergence"] = pm_div.mean()
     for name, values in parts.items():
         stats[f"rewards/{name}"] = values.mean().to(device)
     return Rollout(batch, mask, advantages, stats)
