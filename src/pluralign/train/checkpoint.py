@@ -78,15 +78,20 @@ class Checkpointer:
     def _exported(self) -> torch.nn.Module:
         return self.export(self.accelerator.unwrap_model(self.model))
 
+    def _is_ours(self, model) -> bool:
+        # accelerate's list may hold the model wrapped (DDP) or not: compare the unwrapped modules.
+        unwrap = self.accelerator.unwrap_model
+        return unwrap(model) is unwrap(self.model)
+
     def _drop_model_weights(self, models, weights, output_dir):
+        # ``models`` is the accelerator's own list: only the saved copy of the weights is removed.
         for i in reversed(range(len(models))):
-            if models[i] is self.model:
-                models.pop(i)
+            if self._is_ours(models[i]):
                 weights.pop(i)
 
     def _load_model_weights(self, models, input_dir):
         for i in reversed(range(len(models))):
-            if models[i] is self.model:
+            if self._is_ours(models[i]):
                 models.pop(i)
         load_exported_weights(self._exported(), self._load_from / "model")
 

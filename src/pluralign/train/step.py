@@ -97,7 +97,8 @@ class StepDriver:
         # With no clipping asked for, an infinite bound still returns the norm the guard needs.
         bound = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), bound)
-        grad_norm = torch.as_tensor(grad_norm, device=acc.device)
+        # DeepSpeed clips inside its own step and returns no norm here: the guard then checks the loss.
+        grad_norm = torch.zeros((), device=acc.device) if grad_norm is None else torch.as_tensor(grad_norm, device=acc.device)
         ok = self.guard.finite(total, grad_norm)
         if ok:
             self.optimizer.step()
