@@ -106,3 +106,28 @@ def test_rl_config_errors_name_the_key(tmp_path):
         _rl_cfg(tmp_path / "x", "rl.num_completions=1")
     with pytest.raises(ConfigError, match="rl.reward_functions"):
         train_rl(_rl_cfg(tmp_path / "y", "rl.reward_functions=[nowhere:nothing]"))
+
+
+@pytest.mark.parametrize("recipe", ["rm_tiny", "rm_hh", "rl_tiny", "rl_hh"])
+def test_recipes_load(recipe):
+    from pluralign.rl.config import RMRunConfig
+
+    cfg = load_config(ROOT / f"recipes/{recipe}.yaml", cls=RMRunConfig if recipe.startswith("rm") else RLRunConfig)
+    assert cfg.train.output_dir == f"runs/{recipe}"
+
+
+def test_prompts_from_preference_and_prompt_only_files(tmp_path):
+    from pluralign.models import load_tokenizer
+    from pluralign.rl.training import load_prompts
+
+    pairs, only = tmp_path / "pairs.jsonl", tmp_path / "prompts.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Q{i % 2}", "chosen": " a", "rejected": " b"}) + "\n" for i in range(4)))
+    only.write_text(json.dumps({"prompt": "Hello"}) + "\n" + json.dumps({"prompt": [{"role": "user", "content": "Hi"}]}) + "\n")
+    tok = load_tokenizer("byte")
+    cfg = _rl_cfg(tmp_path / "x", f"data.path={pairs}", "data.world=null")
+    assert load_prompts(cfg, None, tok) == ["Q0", "Q1"]
+    cfg = _rl_cfg(tmp_path / "x", f"data.path={only}", "data.world=null")
+    assert load_prompts(cfg, None, tok) == ["Hello", "<|user|>Hi\n<|assistant|>"]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "no prompt"}) + "\n")
+    with pytest.raises(ConfigError, match="row 1"):
+        load_prompts(_rl_cfg(tmp_path / "x", f"data.path={tmp_path / 'bad.jsonl'}", "data.world=null"), None, tok)

@@ -79,29 +79,31 @@ def world_of(cfg: RLRunConfig):
 
 
 def load_prompts(cfg: RLRunConfig, world, tokenizer) -> list[str]:
-    """The prompts: the world's, or the ``prompt`` field of each row of ``data.path`` (JSONL;
-    message lists are rendered with the chat template, with the generation prompt)."""
+    """The prompts: the world's; or from ``data.path`` (any format of the data layer): the distinct
+    prompts of a preference file (TRL pairs, HH's implicit prompt, rankings), or the ``prompt``
+    field of a prompt-only file (message lists rendered with the chat template)."""
     if world is not None:
         return list(world.prompts)
     if cfg.data.path is None:
-        raise ConfigError("rl: set data.world or data.path (a JSONL file with a 'prompt' field per row)")
+        raise ConfigError("rl: set data.world or data.path (a preference or prompt-only file)")
+    from pluralign.data.loaders import _open_source, load_preferences
+
+    rows = [(n, row) for n, row in _open_source(cfg.data.path)[2]]
+    if any(isinstance(row, dict) and ("chosen" in row or "responses" in row) for _, row in rows[:1]):
+        result = load_preferences(cfg.data.path, tokenizer=tokenizer, on_error=cfg.data.on_error,
+                                  max_records=cfg.data.max_records, ties=cfg.data.ties)
+        log.info("%s", result.report.summary())
+        return list(dict.fromkeys(r.prompt for r in result.records))
     prompts = []
-    with open(cfg.data.path) as fh:
-        for row, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ConfigError(f"{cfg.data.path}: row {row}: expected a JSON object with a 'prompt' field ({err})") from None
-            if isinstance(item, list):
-                item = tokenizer.apply_chat_template(item, tokenize=False, add_generation_prompt=True)
-            if not isinstance(item, str) or not item:
-                raise ConfigError(f"{cfg.data.path}: row {row}: field 'prompt' must be a non-empty string or messages")
-            prompts.append(item)
-    if cfg.data.max_records is not None:
-        prompts = prompts[: cfg.data.max_records]
-    return prompts
+    for n, row in rows:
+        item = row.get("prompt") if isinstance(row, dict) else None
+        if isinstance(item, list):
+            item = tokenizer.apply_chat_template(item, tokenize=False, add_generation_prompt=True)
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{cfg.data.path}: row {n}: expected a non-empty 'prompt' (text or messages), got "
+                              f"{str(row)[:80]}")
+        prompts.append(item)
+    return prompts[: cfg.data.max_records] if cfg.data.max_records else prompts
 
 
 def build_rewards(cfg: RLRunConfig, world, tokenizer, device, functions=None) -> WeightedRewards:
