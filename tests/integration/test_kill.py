@@ -24,15 +24,6 @@ spec.loader.exec_module(kill_runs)
 
 
 @pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    with open(path, "w") as fh:
-        for i in range(48):
-            fh.write(json.dumps({"prompt": f"Q{i % 6}: pick one", "chosen": f" yes {i % 3}", "rejected": f" no {i % 5}!"}) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(pairs_file, tmp_path_factory):
     from pluralign.train.offline import train
 

@@ -9,7 +9,6 @@ import math
 import os
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ import torch
 from pluralign.errors import PluralignError
 from pluralign.train.config import ConfigError, load_config
 from pluralign.train.offline import train
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    with open(path, "w") as fh:
-        for i in range(32):
-            fh.write(json.dumps({"prompt": f"Q{i % 4}: pick", "chosen": f" yes {i % 3}", "rejected": f" no {i % 5}!"}) + "\n")
-    return path
 
 
 def _cfg(data, out, *extra):

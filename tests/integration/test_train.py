@@ -19,16 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    with open(path, "w") as fh:
-        for i in range(48):
-            fh.write(json.dumps({"prompt": f"Q{i % 6}: pick one", "chosen": f" yes {i % 3}", "rejected": f" no {i % 5}!",
-                                 "annotator_id": f"{'maj' if i % 3 else 'min'}/a{i % 4}"}) + "\n")
-    return path
-
-
 def _cfg(data, out, *extra):
     return load_config(None, [f"data.path={data}", f"train.output_dir={out}", "train.progress_bar=false",
                               "optim.lr=1e-3", "optim.scheduler=linear", "train.batch_size=8", "train.max_steps=4",

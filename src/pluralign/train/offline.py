@@ -232,8 +232,9 @@ def evaluate(cfg, policy, reference, data, collator, accelerator) -> dict:
         if keep:
             stats.add(losses, batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
     policy.train()
-    row = stats.reduce(accelerator, time.perf_counter() - t0)
-    return {f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}
+    seconds = time.perf_counter() - t0
+    row = stats.reduce(accelerator, seconds)
+    return {**{f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}, "eval_runtime": seconds}
 
 
 def total_training_steps(cfg: RunConfig, num_examples: int, world: int = 1) -> int:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -194,10 +195,12 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
             tables.append(None)
             continue
         key = cache_key(fingerprint_model, tokenizer, part, cfg.model.dtype, cfg.train.mixed_precision)
+        t0 = time.perf_counter()
         with peft_policy.disable_adapter() if peft_policy is not None else nullcontext():
             logps, counts, built = precompute(module, part, collator, cfg.train.batch_size, device,
                                               cache_dir / f"{key}.safetensors", key, accelerator)
-        log.info("reference log-probs for %d examples %s (%s)", len(part), "computed" if built else "loaded from cache", key)
+        log.info("reference log-probs for %d examples %s in %.2f s on %d process(es) (%s)", len(part),
+                 "computed" if built else "loaded from cache", time.perf_counter() - t0, accelerator.num_processes, key)
         tables.append(CachedReference(logps, counts))
     return tables
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from pluralign.models import enable_activation_checkpointing, load_model
 from pluralign.train.config import ConfigError, ModelConfig, TrainConfig
@@ -55,6 +55,10 @@ def make_accelerator(tcfg: TrainConfig) -> Accelerator:
         torch.set_flush_denormal(True)
     # Every process runs the same code; only the main one speaks (warnings and errors still show).
     logging.getLogger("pluralign").setLevel(logging.NOTSET if accelerator.is_main_process else logging.WARNING)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        # accelerate enables FSDP on GPU-type devices only; on CPU an FSDP config runs plain DDP.
+        log.warning("an FSDP launch config was given, but accelerate runs this job as %s (no sharding): "
+                    "FSDP needs GPUs", accelerator.distributed_type)
     return accelerator
 
 
