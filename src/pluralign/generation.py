@@ -254,9 +254,12 @@ class VLLMGenerator:
     starts an in-process ``vllm.LLM`` on the same weights as the policy. After every optimizer
     step the trainer calls ``sync_weights(policy)``, which streams the policy's parameters into
     the vLLM engine (``model.load_weights``), so sampling stays on-policy. vLLM returns the
-    sampled token ids and their log-probs (``logprobs=0``: the sampled token's own log-prob,
-    under vLLM's processed distribution, i.e. after temperature when ``temperature != 1``);
-    per-step entropies are not available from vLLM and are returned as NaN.
+    sampled token ids and their log-probs (``logprobs=0``: the sampled token's own log-prob).
+    Whether those are the model's raw log-probs or those after temperature / top-p depends on
+    the vLLM version and its ``logprobs_mode`` (pass ``logprobs_mode="raw_logprobs"`` where it
+    exists), so check them against a re-scoring before using them in penalties. Per-step
+    entropies are not available from vLLM and are returned as NaN. (``pluralign rl`` samples with
+    :class:`TransformersGenerator`; this class is for Python use.)
     Prompts go in as token ids, so tokenization is identical to the transformers backend.
     """
 
