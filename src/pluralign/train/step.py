@@ -11,7 +11,8 @@ over the step's global batch. Gradients are synchronised across processes on the
 only (``accelerator.accumulate``), clipped through the prepared model's parameters (FSDP clips the
 whole gradient, not shards), then
 
-* if the summed loss or the gradient norm is not finite on any process (the flag is all-reduced),
+* if the summed loss or the gradient norm is not finite on any process (the flag is all-reduced;
+  under fp16 only the loss, as the loss scaler handles overflowing gradients by skipping them),
   the step is skipped: gradients are discarded and the weights and optimizer state are untouched;
   the skip is counted (``skipped_steps``) and logged with its step number, and after
   ``max_nonfinite`` skipped steps in a row the run stops with :class:`NonFiniteError`;
@@ -99,9 +100,14 @@ class StepDriver:
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), bound)
         # DeepSpeed clips inside its own step and returns no norm here: the guard then checks the loss.
         grad_norm = torch.zeros((), device=acc.device) if grad_norm is None else torch.as_tensor(grad_norm, device=acc.device)
-        ok = self.guard.finite(total, grad_norm)
+        scaler = getattr(acc, "scaler", None)
+        # fp16: overflowing gradients are the loss scaler's business (it skips the update and lowers
+        # the scale), so only the loss is judged; without a scaler, the gradient norm is judged too.
+        ok = self.guard.finite(total, grad_norm if scaler is None else torch.zeros((), device=acc.device))
         if ok:
             self.optimizer.step()
+        elif scaler is not None:
+            scaler.update()  # lower the scale after the gradients were unscaled (by clipping) and found non-finite
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.guard.record(step, ok, float(total), float(grad_norm))
