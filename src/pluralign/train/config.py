@@ -325,7 +325,8 @@ def apply_override(data: dict, item: str) -> None:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=None) -> RunConfig:
+    """A recipe as ``cls`` (default :class:`RunConfig`; loops with extra sections pass a subclass)."""
     data = {}
     if path is not None:
         try:
@@ -345,7 +346,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if isinstance(data.get("data"), dict) and data["data"].get("path") is not None:
             data["data"]["world"] = None
     try:
-        return from_dict(RunConfig, data)
+        return from_dict(cls or RunConfig, data)
     except ConfigError as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None
 
