@@ -67,7 +67,8 @@ def _check_resumes_to_uninterrupted(pairs_file, out, uninterrupted):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000005", "step-000006"]
 
 
-@pytest.mark.parametrize("point,save", [("before-rename", 3), ("before-latest", 2), ("before-prune", 4), ("mid-write", 3)])
+@pytest.mark.parametrize("point,save", [("before-rename", 3), ("before-latest", 2), ("before-prune", 4), ("before-prune", 6),
+                                        ("mid-write", 3)])
 def test_kill_inside_a_checkpoint_write(point, save, pairs_file, uninterrupted, tmp_path):
     proc = _child(pairs_file, tmp_path, point, save)
     _, err = proc.communicate(timeout=600)

@@ -129,7 +129,13 @@ class Checkpointer:
             return None
         self._load_from = ckpt
         self.accelerator.load_state(str(ckpt / "state"))
-        return json.loads((ckpt / "trainer_state.json").read_text())
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if self.accelerator.is_main_process:
+            # A kill between the rename of `latest` and the prune left older checkpoints behind;
+            # finish that prune now (a resumed run with no steps left would never save again).
+            self._prune(_step_of(ckpt))
+        self.accelerator.wait_for_everyone()
+        return state
 
     def _prune(self, step: int) -> None:
         for stale in self.root.glob(".tmp-*"):
