@@ -109,6 +109,22 @@ def dense_shared_mask(config, batch: Batch, dtype: torch.dtype) -> torch.Tensor 
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
+def model_inputs(batch: Batch, dtype: torch.dtype, segments=None, config=None) -> dict:
+    """Forward keyword arguments of a batch in its layout: a 2-D padding mask (plain), the
+    prefix-shared kernel's ``segments`` when given, else the dense shared-prefix mask(s) for the
+    model with ``config`` (its sliding windows and layer types; None: full attention)."""
+    inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids)
+    if batch.layout != "shared":
+        inputs["attention_mask"] = (batch.doc_ids >= 0).long()
+    elif segments is not None:
+        inputs["prefix_segments"] = segments
+    elif config is None:
+        inputs["attention_mask"] = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
+    else:
+        inputs["attention_mask"] = dense_shared_mask(config, batch, dtype)
+    return inputs
+
+
 def _token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -161,22 +177,19 @@ class SequenceLogprobs(nn.Module):
         """``attention`` ("kernel" | "dense") overrides the per-batch choice for a shared-layout batch."""
         if attention not in (None, *self.shared_attention_paths()):
             raise ValueError(f"attention={attention!r}; this model's shared batches take {self.shared_attention_paths()}")
-        inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids)
-        if batch.layout != "shared":
-            inputs["attention_mask"] = (batch.doc_ids >= 0).long()
-        else:
+        segments = None
+        if batch.layout == "shared":
             segments = prefix_segments(batch.doc_ids, batch.part_ids) if self.prefix_attention else None
             if segments is not None and attention is None:
                 use_kernel = self.always_kernel or segments.kernel_pays()
             else:
                 use_kernel = segments is not None and attention == "kernel"
             if use_kernel:
-                inputs["prefix_segments"] = segments
                 self.kernel_batches += 1
             else:
-                dtype = next(self.model.parameters()).dtype
-                inputs["attention_mask"] = dense_shared_mask(unwrap_peft(self.model).config, batch, dtype)
+                segments = None
                 self.dense_batches += 1
+        inputs = model_inputs(batch, next(self.model.parameters()).dtype, segments, unwrap_peft(self.model).config)
         if self.fast_head:
             decoder, head = split_decoder_and_head(self.model)
             hidden = decoder(**inputs, use_cache=False).last_hidden_state

@@ -129,7 +129,8 @@ class _RowError(Exception):
 
 # ---------------------------------------------------------------------------------------- loading
 def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "raise",
-                     max_records: int | None = None, ties: str = "truncate") -> LoadResult:
+                     max_records: int | None = None, ties: str = "truncate",
+                     chat_template: bool = False) -> LoadResult:
     """Load preference records from a file path, a ``datasets.Dataset``-like object or a list.
 
     Args:
@@ -141,6 +142,8 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
         ties: tie policy for score-ranked rows, see :meth:`PreferenceRecord.from_scores`. Under
             ``"skip"`` a tied row is always skipped (reason ``"tie"``), even with
             ``on_error="raise"``; under ``"error"``/``"truncate"`` a tie is an ordinary row error.
+        chat_template: explicit-prompt rows with plain strings are read as one user turn and one
+            assistant reply, rendered with the tokenizer's chat template (as conversational rows).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -165,7 +168,12 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                                     "not_an_object")
                 if parse_row is None:
                     report.format = _detect_format(row, kind, name)
-                    parse_row = _row_parser(report.format, kind, tokenizer, ties, name)
+                    if chat_template and report.format == FORMAT_EXPLICIT:
+                        report.format = FORMAT_CONVERSATIONAL
+                        parse_row = _row_parser(FORMAT_CONVERSATIONAL, kind, tokenizer, ties, name)
+                        parse_row = _as_chat(parse_row, kind)
+                    else:
+                        parse_row = _row_parser(report.format, kind, tokenizer, ties, name)
                 record = parse_row(row)
             except (_RowError, RecordError) as error:
                 message = _row_message(name, row_number, error.field, error.detail)
@@ -280,6 +288,19 @@ def _row_parser(row_format: str, kind: str, tokenizer: Any, ties: str, name: str
     if kind != "csv":
         return parse
     return lambda row: parse(_decode_csv_row(row, row_format))
+
+
+def _as_chat(parse_conversational, kind: str):
+    """Parse a plain-string explicit row as the conversation user: prompt, assistant: response."""
+    def parse(row: Mapping) -> PreferenceRecord:
+        row = dict(row)
+        row["prompt"] = [{"role": "user", "content": _text(row, "prompt", allow_empty=True)}]
+        for name in ("chosen", "rejected"):
+            row[name] = [{"role": "assistant", "content": _text(row, name)}]
+        return parse_conversational(row)
+    if kind == "csv":  # the CSV decoder would read the message lists as JSON text
+        raise DataError("data.chat_template applies to JSON/JSONL/Parquet or in-memory rows, not CSV")
+    return parse
 
 
 def _parse_explicit(row: Mapping) -> PreferenceRecord:

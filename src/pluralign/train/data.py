@@ -22,7 +22,8 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
     if d.path is not None:
         from pluralign.data.loaders import load_preferences
 
-        result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties)
+        result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties,
+                                  chat_template=d.chat_template)
         log.info("%s", result.report.summary())
         reports.append(result.report.summary())
         records = result.records
@@ -33,7 +34,8 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
     if d.eval_path is not None:
         from pluralign.data.loaders import load_preferences
 
-        ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties)
+        ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties,
+                              chat_template=d.chat_template)
         log.info("eval: %s", ev.report.summary())
         reports.append("eval data\n" + ev.report.summary())
         eval_records = ev.records

@@ -55,7 +55,8 @@ class TrainResult:
 def _build_policy(cfg: RunConfig, tokenizer, model=None):
     if model is None:
         model = load_model(cfg.model.name, tokenizer, dtype=cfg.model.dtype,
-                           attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed)
+                           attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed,
+                           gguf_file=cfg.model.gguf_file)
     if cfg.model.gradient_checkpointing:
         enable_activation_checkpointing(model)
         model.config.use_cache = False
@@ -105,7 +106,9 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
-    tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    tokenizer = tokenizer or load_tokenizer(
+        cfg.model.tokenizer or cfg.model.name,
+        gguf_file=cfg.model.tokenizer_gguf_file or (cfg.model.gguf_file if cfg.model.tokenizer is None else None))
     reports: list[str] = []
     if records is None:
         records, eval_records = load_records(cfg, tokenizer, reports)
@@ -238,7 +241,8 @@ def _build_reference(cfg, accelerator, model, tokenizer, data, eval_data, collat
     peft_policy = model if cfg.model.lora is not None else None
     if cfg.reference.name is not None:
         ref_model = load_model(cfg.reference.name, tokenizer, dtype=cfg.model.dtype,
-                               attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed)
+                               attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed,
+                               gguf_file=cfg.reference.gguf_file)
     elif peft_policy is None:
         import copy
 
