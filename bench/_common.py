@@ -182,6 +182,17 @@ def tokenized_pairs(spec: RunSpec, pairs: list[dict]):
     return tokenizer, [(list(ex.prompt_ids), list(ex.response_ids[0]), list(ex.response_ids[1])) for ex in examples]
 
 
+def optimizer_step(model, optimizer, loss, max_grad_norm: float) -> None:
+    """backward, gradient clipping (when max_grad_norm > 0), AdamW step, gradients cleared."""
+    import torch
+
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def child_environment(threads: int) -> dict:
     env = dict(os.environ)
     env.update(

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 
-from _common import Baton, RunResult, RunSpec, autocast, fold_step_times, pin_threads, tokenized_examples, tokenized_pairs
+from _common import (Baton, RunResult, RunSpec, autocast, fold_step_times, optimizer_step, pin_threads,
+                     tokenized_examples, tokenized_pairs)
 from _workloads import pair_view, records_from_json
 
 
@@ -97,6 +98,22 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
     result.precompute_seconds = time.perf_counter() - start
     result.ref_logps = reference.tolist()
 
+    def step_loss(indices):
+        input_ids, attention, completion = _collate([pairs_ids[i] for i in indices], tokenizer.pad_token_id)
+        with autocast(spec.precision):
+            policy_chosen, policy_rejected = _sequence_logps(model, input_ids, attention, completion).chunk(2)
+        ref = reference[indices]
+        margin = (policy_chosen - ref[:, 0]) - (policy_rejected - ref[:, 1])
+        return -F.logsigmoid(spec.beta * margin).mean(), attention
+
+    return _train(spec, baton, model, result, plan, step_loss)
+
+
+def _train(spec: RunSpec, baton: Baton, model, result: RunResult, plan, step_loss) -> RunResult:
+    """The timed loop: ``step_loss(indices) -> (loss, attention mask)`` per planned batch, then
+    backward, clipping and a fused AdamW step; token counts from the first pass's timed batches."""
+    import torch
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, betas=(0.9, 0.999),
                                   eps=1e-8, weight_decay=0.0, fused=True)
     result.setup_seconds = baton.since_start()
@@ -104,17 +121,8 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
     resumed = baton.handoff()
     for pass_index in range(spec.passes):
         for position, indices in enumerate(plan):
-            input_ids, attention, completion = _collate([pairs_ids[i] for i in indices], tokenizer.pad_token_id)
-            with autocast(spec.precision):
-                policy_chosen, policy_rejected = _sequence_logps(model, input_ids, attention, completion).chunk(2)
-            ref = reference[indices]
-            margin = (policy_chosen - ref[:, 0]) - (policy_rejected - ref[:, 1])
-            loss = -F.logsigmoid(spec.beta * margin).mean()
-            loss.backward()
-            if spec.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, attention = step_loss(indices)
+            optimizer_step(model, optimizer, loss, spec.max_grad_norm)
             losses.append(loss.detach())
             step_seconds.append(time.perf_counter() - resumed)
             if pass_index == 0 and position >= spec.warmup_steps:
@@ -154,29 +162,12 @@ def _run_listwise(spec: RunSpec, baton: Baton, model) -> RunResult:
     model.train()
     result.precompute_seconds = time.perf_counter() - start
     result.ref_logps = reference.tolist()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, betas=(0.9, 0.999),
-                                  eps=1e-8, weight_decay=0.0, fused=True)
-    result.setup_seconds = baton.since_start()
-    losses, step_seconds = [], []
-    resumed = baton.handoff()
-    for pass_index in range(spec.passes):
-        for position, indices in enumerate(plan):
-            with autocast(spec.precision):
-                policy = logps(indices)
-            loss = _plackett_luce(spec.beta * (policy - reference[indices]), [records[i].ranking for i in indices])
-            loss.backward()
-            if spec.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-            step_seconds.append(time.perf_counter() - resumed)
-            if pass_index == 0 and position >= spec.warmup_steps:
-                _, attention, _ = _collate_lists([examples[i] for i in indices], tokenizer.pad_token_id)
-                result.tokens_timed += int(attention.sum())
-                result.logit_tokens_timed += int(attention.sum())
-                result.padded_tokens_timed += attention.numel()
-            resumed = baton.handoff()
-    fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
-    result.losses = [float(x) for x in losses]
-    return result
+
+    def step_loss(indices):
+        rows = [examples[i] for i in indices]
+        input_ids, attention, completion = _collate_lists(rows, tokenizer.pad_token_id)
+        with autocast(spec.precision):
+            policy = _sequence_logps(model, input_ids, attention, completion).view(len(indices), -1)
+        return _plackett_luce(spec.beta * (policy - reference[indices]), [records[i].ranking for i in indices]), attention
+
+    return _train(spec, baton, model, result, plan, step_loss)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Baton, RunResult, RunSpec, autocast, fold_step_times, pin_threads
+from _common import Baton, RunResult, RunSpec, autocast, fold_step_times, optimizer_step, pin_threads
 from _workloads import records_from_json
 
 HUGE = 1 << 20  # texts are capped by the workload; nothing may be truncated again
@@ -197,11 +197,7 @@ def _run_components(spec: RunSpec, baton: Baton) -> RunResult:
                                      response_mask=batch.response_mask)
             per_example, _stats = compute_objective(objective, inputs, beta=spec.beta)
             loss = (per_example * batch.weights).sum() / len(indices)
-            loss.backward()
-            if spec.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, loss, spec.max_grad_norm)
             losses.append(loss.detach())
             step_seconds.append(time.perf_counter() - resumed)
             resumed = baton.handoff()
