@@ -17,6 +17,8 @@ tokens, in chunks, each under activation checkpointing when gradients are on: th
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -74,6 +76,17 @@ def check_fast_head(model: nn.Module, length: int = 8) -> tuple[bool, str]:
     if h.shape != want.shape or float((h - want).abs().max()) > 1e-5 * scale:
         return False, "the decoder's last hidden state is not what lm_head receives"
     return True, "lm_head on the hidden states of response tokens only"
+
+
+# One start-up check per model object: scoring helpers build a SequenceLogprobs per call.
+_HEAD_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def checked_fast_head(model: nn.Module) -> tuple[bool, str]:
+    """:func:`check_fast_head`, run once per model object."""
+    if model not in _HEAD_CHECKS:
+        _HEAD_CHECKS[model] = check_fast_head(model)
+    return _HEAD_CHECKS[model]
 
 
 def shared_prefix_mask(doc_ids: torch.Tensor, part_ids: torch.Tensor, dtype: torch.dtype,
@@ -153,7 +166,7 @@ class SequenceLogprobs(nn.Module):
         self.chunk_tokens = chunk_tokens
         self.kernel_batches = self.dense_batches = 0
         self.always_kernel = bool(prefix_attention)
-        self.fast_head, self.logits_path = check_fast_head(model)
+        self.fast_head, self.logits_path = checked_fast_head(model)
         if prefix_attention is False:
             self.prefix_attention, self.attention_path = False, "dense 4-D mask (requested)"
         else:
