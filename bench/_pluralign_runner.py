@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Baton, RunResult, RunSpec, fold_step_times, pin_threads
+from _common import Baton, RunResult, RunSpec, autocast, fold_step_times, optimizer_step, pin_threads
 from _workloads import records_from_json
 
 HUGE = 1 << 20  # texts are capped by the workload; nothing may be truncated again
@@ -65,6 +65,7 @@ def _count_tokens(result: RunResult, spec: RunSpec, data, pad_id: int) -> None:
     for indices in spec.workload["plan"][spec.warmup_steps:]:
         batch = collate([data[i] for i in indices], indices)
         result.tokens_timed += batch.num_tokens
+        result.logit_tokens_timed += batch.gather_target.numel()  # logits only where response tokens are predicted
         result.padded_tokens_timed += batch.input_ids.numel()
 
 
@@ -86,7 +87,7 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     out = Path(tempfile.mkdtemp(prefix="pluralign-", dir=spec.work_dir))
 
     cfg = RunConfig()
-    cfg.model.name, cfg.model.tokenizer = spec.model_dir, "byte"
+    cfg.model.name, cfg.model.tokenizer = spec.model_dir, spec.tokenizer
     cfg.model.dtype, cfg.model.attn_implementation = "float32", "sdpa"
     cfg.data.max_length, cfg.data.max_prompt_length = HUGE, HUGE - 1
     cfg.data.layout, cfg.data.group_by_length = "shared", True
@@ -99,8 +100,9 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     cfg.train.max_steps = spec.passes * len(plan)  # len(records) == len(plan) * batch: one pass = one epoch
     cfg.train.seed, cfg.train.log_every, cfg.train.eval_every, cfg.train.save_every = spec.seed, 1, None, None
     cfg.train.progress_bar, cfg.train.report_to = False, []
+    cfg.train.mixed_precision = "bf16" if spec.precision == "bf16" else "no"
     result.notes.append(f"objective {cfg.objective.name}; layout shared; chunk_tokens {cfg.train.chunk_tokens}; "
-                        "optimizer torch.optim.AdamW (fused)")
+                        f"optimizer torch.optim.AdamW (fused); mixed_precision {cfg.train.mixed_precision}")
 
     # Every epoch follows the shared plan (TRL gets the same order from its sampler).
     if len(order) != len(records) or sorted(order) != list(range(len(records))):
@@ -133,7 +135,7 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
     result.losses = [row["loss"] for row in trained.history if "loss" in row]
 
-    tokenizer = load_tokenizer("byte")
+    tokenizer = load_tokenizer(spec.tokenizer)
     data = tokenize_records(records, tokenizer, max_length=HUGE, max_prompt_length=HUGE - 1)
     _count_tokens(result, spec, data, tokenizer.pad_token_id)
     tables = sorted((out / "reference_cache").glob("*.safetensors"))
@@ -155,7 +157,7 @@ def _run_components(spec: RunSpec, baton: Baton) -> RunResult:
 
     torch.manual_seed(spec.seed)
     result = _result(spec, "components: Collator + SequenceLogprobs + compute_objective")
-    tokenizer = load_tokenizer("byte")
+    tokenizer = load_tokenizer(spec.tokenizer)
     model = load_model(spec.model_dir, tokenizer, dtype="float32", attn_implementation="sdpa")
     records = records_from_json(spec.workload["records"])
     plan = spec.workload["plan"]
@@ -172,7 +174,7 @@ def _run_components(spec: RunSpec, baton: Baton) -> RunResult:
     kmax = max(r.num_responses for r in records)
     reference = torch.zeros(len(records), kmax)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(spec.precision):
         for indices in plan:
             batch = collate([data[i] for i in indices], indices)
             reference[batch.index] = scorer(batch)[0]
@@ -188,17 +190,14 @@ def _run_components(spec: RunSpec, baton: Baton) -> RunResult:
     for _ in range(spec.passes):
         for indices in plan:
             batch = collate([data[i] for i in indices], indices)
-            policy, counts = scorer(batch)
+            with autocast(spec.precision):
+                policy, counts = scorer(batch)
             inputs = PreferenceLogps(policy=policy, reference=reference[batch.index], num_tokens=counts,
                                      ranking=batch.ranking, num_ranked=batch.num_ranked,
                                      response_mask=batch.response_mask)
             per_example, _stats = compute_objective(objective, inputs, beta=spec.beta)
             loss = (per_example * batch.weights).sum() / len(indices)
-            loss.backward()
-            if spec.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, loss, spec.max_grad_norm)
             losses.append(loss.detach())
             step_seconds.append(time.perf_counter() - resumed)
             resumed = baton.handoff()

@@ -1,7 +1,7 @@
 """The TRL contender: ``trl.DPOTrainer`` at its fastest settings for this work on CPU.
 
 Settings: reference log-probs precomputed (``precompute_ref_log_probs=True``), sigmoid loss,
-beta 0.1, fp32 (``bf16=False``), gradient checkpointing off, no evaluation, no logging or saving,
+beta 0.1, fp32 or bf16 autocast (``bf16=True``) as the run asks, gradient checkpointing off, no evaluation, no logging or saving,
 no truncation (``max_length=None``: the workload's texts are already capped), sequential sampling
 over a dataset stored in the shared batch plan's order (so TRL sees the same batches as the other
 contenders), the fused AdamW that transformers picks by default, constant learning rate.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from _common import Baton, RunResult, RunSpec, fold_step_times, pin_threads
+from _common import Baton, RunResult, RunSpec, fold_step_times, pin_threads, tokenized_pairs
 from _workloads import pair_view
 
 
@@ -30,15 +30,11 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from pluralign.models import load_tokenizer
-
     transformers.logging.set_verbosity_error()
     torch.manual_seed(spec.seed)
-    tokenizer = load_tokenizer("byte")
-    if tokenizer.bos_token_id is not None:
-        raise RuntimeError("the byte tokenizer must have no BOS, so TRL adds none")
     model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=torch.float32, attn_implementation="sdpa")
     pairs, plan, _origin = pair_view(spec.workload)
+    tokenizer, expected_ids = tokenized_pairs(spec, pairs)
     batch_size = len(plan[0])
     if any(batch != list(range(b * batch_size, (b + 1) * batch_size)) for b, batch in enumerate(plan)):
         raise RuntimeError("TRL needs equal-sized consecutive batches to follow the plan sequentially")
@@ -98,7 +94,7 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
         precompute_ref_log_probs=True,
         max_length=None,
         padding_free=False,
-        bf16=False,
+        bf16=spec.precision == "bf16",
         fp16=False,
         use_cpu=True,
         gradient_checkpointing=False,
@@ -116,20 +112,15 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
                                   callbacks=[StepClock()])
     if getattr(trainer.model, "is_gradient_checkpointing", False):
         raise RuntimeError("gradient checkpointing must be off for this comparison")
-    result.notes.append(f"optimizer {getattr(config.optim, 'value', config.optim)}")
+    result.notes.append(f"optimizer {getattr(config.optim, 'value', config.optim)}; {spec.precision}"
+                        + (" (bf16=True: autocast)" if spec.precision == "bf16" else ""))
 
-    # TRL must see exactly the tokens pluralign sees: prompt bytes, response bytes + EOS, no BOS.
-    eos = tokenizer.eos_token_id
-
-    def encode(text):
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
+    # TRL must see exactly the tokens pluralign sees (prompt, response + EOS; a BOS only where the
+    # workload's prompt text starts with it).
     prepared = trainer.train_dataset
     same = len(prepared) == len(pairs) and all(
-        row["prompt_ids"] == encode(p["prompt"])
-        and row["chosen_ids"] == encode(p["chosen"]) + [eos]
-        and row["rejected_ids"] == encode(p["rejected"]) + [eos]
-        for row, p in zip(prepared, pairs)
+        (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) == ids
+        for row, ids in zip(prepared, expected_ids)
     )
     if not same:
         raise RuntimeError("TRL tokenized the pairs differently from pluralign; the comparison would be unfair")
@@ -143,6 +134,7 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
     for tokens, padded in step_tokens[spec.warmup_steps : spec.warmup_steps + spec.timed_steps]:
         result.tokens_timed += int(tokens)
+        result.logit_tokens_timed += int(tokens)
         result.padded_tokens_timed += int(padded)
     result.losses = [float(x) for x in step_losses]
     return result

@@ -7,6 +7,8 @@ Three workloads, all deterministic (seeded):
 * ``hh`` -- real HH-RLHF harmless-base test pairs, prompt extracted by pluralign's loader (the same
   split TRL's ``extract_prompt`` makes). Lengths are capped once, here, at the text level, so that
   neither pluralign nor TRL truncates anything afterwards and both see identical tokens.
+  With a subword tokenizer (``--model smollm2``) pairs that fit are taken whole instead (see
+  :func:`_hh_tokenized`).
 * ``rank4`` -- prompts with 4 responses and a full ranking (6 implied comparisons each).
 
 The batch plan is a list of lists of record indices, computed once and followed by every contender
@@ -138,6 +140,39 @@ def _hh(num_records: int, seed: int, max_length: int, max_prompt_length: int) ->
     return capped
 
 
+def _hh_tokenized(num_records: int, seed: int, max_length: int, max_prompt_length: int,
+                  tokenizer_name: str) -> list[PreferenceRecord]:
+    """HH pairs for a subword tokenizer: kept whole when they fit (prompt <= max_prompt_length, prompt +
+    longest response + EOS <= max_length tokens), never cut, since a cut text re-tokenizes differently.
+    The prompt text starts with the tokenizer's BOS where pluralign would prepend it, so every
+    contender sees it; pairs whose prompt + response tokenizes differently from prompt, response
+    apart (a merge across the boundary, where TRL splits differently) are left out."""
+    from pluralign.data.loaders import load_preferences
+    from pluralign.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    bos = tokenizer.bos_token if tokenizer.bos_token_id is not None else ""
+
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    loaded = load_preferences(HH_PATH).records
+    order = random.Random(seed).sample(range(len(loaded)), len(loaded))
+    kept = []
+    for i in order:
+        rec = loaded[i]
+        prompt = rec.prompt if rec.prompt.startswith(bos) else bos + rec.prompt
+        p_ids, r_ids = encode(prompt), [encode(r) for r in rec.responses]
+        if len(p_ids) > max_prompt_length or len(p_ids) + max(len(r) for r in r_ids) + 1 > max_length:
+            continue
+        if any(encode(prompt + r) != p_ids + ids for r, ids in zip(rec.responses, r_ids)) or r_ids[0] == r_ids[1]:
+            continue
+        kept.append(PreferenceRecord(prompt, rec.responses, rec.ranking))
+        if len(kept) == num_records:
+            return kept
+    raise ValueError(f"the HH workload needs {num_records} pairs that fit {max_length} tokens; found {len(kept)}")
+
+
 def _record_tokens(record: PreferenceRecord) -> int:
     return len(record.prompt.encode()) + sum(len(r.encode()) + 1 for r in record.responses)
 
@@ -170,6 +205,7 @@ def build_workload(
     seed: int = 0,
     max_length: int = 512,
     max_prompt_length: int = 256,
+    tokenizer: str = "byte",
 ) -> Workload:
     need = batch_size * num_batches
     if name == "synthetic":
@@ -180,6 +216,11 @@ def build_workload(
         records = _synthetic(need, 4, seed + 1)
         desc = "synthetic rankings of 4: prompts 20-40 tokens, responses 30-60 tokens (+EOS), 6 comparisons each"
         per = 6
+    elif name == "hh" and tokenizer != "byte":
+        records = _hh_tokenized(need, seed, max_length, max_prompt_length, tokenizer)
+        desc = (f"HH-RLHF harmless-base test pairs, {tokenizer} tokens, pairs that fit max_length {max_length} "
+                f"(prompt <= {max_prompt_length}) whole")
+        per = 1
     elif name == "hh":
         records = _hh(need + need // 10 + 8, seed, max_length, max_prompt_length)
         desc = (

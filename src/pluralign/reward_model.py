@@ -90,7 +90,7 @@ class RewardModel(nn.Module):
         """Rewards [B, K] (0 where an example has fewer than K responses)."""
         backbone = self.backbone
         dtype = next(backbone.parameters()).dtype
-        hidden = backbone(**model_inputs(batch, dtype), use_cache=False).last_hidden_state
+        hidden = backbone(**model_inputs(batch, dtype, config=backbone.config), use_cache=False).last_hidden_state
         seq, rows, cols = last_token_positions(batch)
         scores = self.head(hidden[rows, cols]).squeeze(-1).float()
         flat = torch.zeros(batch.num_examples * batch.max_responses, device=scores.device, dtype=scores.dtype)

@@ -160,7 +160,7 @@ class _RowError(Exception):
 # ---------------------------------------------------------------------------------------- loading
 def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "raise",
                      max_records: int | None = None, ties: str = "truncate",
-                     allow_empty: bool = False) -> LoadResult:
+                     allow_empty: bool = False, chat_template: bool = False) -> LoadResult:
     """Load preference records from a file path, a ``datasets.Dataset``-like object or a list.
 
     Args:
@@ -174,6 +174,8 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
             ``on_error="raise"``; under ``"error"``/``"truncate"`` a tie is an ordinary row error.
         allow_empty: return a result without records when every row was skipped (for reports);
             by default that is a :class:`DataError`, as are weights that are all 0.
+        chat_template: explicit-prompt rows with plain strings are read as one user turn and one
+            assistant reply, rendered with the tokenizer's chat template (as conversational rows).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -204,7 +206,11 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                                         f"keys {sorted(str(k) for k in row)}; expected "
                                         f"{_EXPECTED_FORMATS}", source=name, row=row_number)
                     report.format, format_row = row_format, row_number
-                    parse_row = _row_parser(row_format, kind, tokenizer, ties, name)
+                    if chat_template and row_format == FORMAT_EXPLICIT:
+                        # plain-string prompt and replies read as one user turn and one assistant reply
+                        parse_row = _as_chat(_row_parser(FORMAT_CONVERSATIONAL, kind, tokenizer, ties, name), kind)
+                    else:
+                        parse_row = _row_parser(row_format, kind, tokenizer, ties, name)
                 elif row_format is not None and row_format != report.format:
                     raise DataError(
                         f"{name} row {row_number}: row format {row_format} "
@@ -365,6 +371,19 @@ def _row_parser(row_format: str, kind: str, tokenizer: Any, ties: str, name: str
     if kind != "csv":
         return parse
     return lambda row: parse(_decode_csv_row(row, row_format))
+
+
+def _as_chat(parse_conversational, kind: str):
+    """Parse a plain-string explicit row as the conversation user: prompt, assistant: response."""
+    def parse(row: Mapping) -> PreferenceRecord:
+        row = dict(row)
+        row["prompt"] = [{"role": "user", "content": _text(row, "prompt", allow_empty=True)}]
+        for name in ("chosen", "rejected"):
+            row[name] = [{"role": "assistant", "content": _text(row, name)}]
+        return parse_conversational(row)
+    if kind == "csv":  # the CSV decoder would read the message lists as JSON text
+        raise DataError("data.chat_template applies to JSON/JSONL/Parquet or in-memory rows, not CSV")
+    return parse
 
 
 def _parse_explicit(row: Mapping) -> PreferenceRecord:

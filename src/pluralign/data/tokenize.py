@@ -121,7 +121,9 @@ def tokenize_records(
         if len(prompt) + longest > max_length:
             truncated = True
             if len(prompt) > max_prompt_length:
-                prompt = prompt[-max_prompt_length:]
+                # Cut from the left but keep a leading BOS (a chat template's first token too).
+                keep = prompt[:1] if bos is not None and prompt[0] == bos else []
+                prompt = keep + prompt[len(prompt) - max_prompt_length + len(keep):]
             budget = max_length - len(prompt)
             responses = [r[:budget] for r in responses]
         reason = _degenerate(responses, truncated)

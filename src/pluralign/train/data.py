@@ -22,7 +22,8 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
     if (d.path is None) == (d.world is None):
         raise ConfigError("set exactly one of data.path and data.world")
     if d.path is not None:
-        result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties)
+        result = load_preferences(d.path, tokenizer=tokenizer, on_error=d.on_error, max_records=d.max_records, ties=d.ties,
+                                  chat_template=d.chat_template)
         log.info("%s", result.report.summary())
         reports.append(result.report.summary())
         records = result.records
@@ -31,7 +32,8 @@ def load_records(cfg, tokenizer, reports: list[str] | None = None):
         reports.append(f"world {d.world.name!r}: {len(records)} {d.world.kind} records (seed {d.world.seed})")
     eval_records = None
     if d.eval_path is not None:
-        ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties)
+        ev = load_preferences(d.eval_path, tokenizer=tokenizer, on_error=d.on_error, ties=d.ties,
+                              chat_template=d.chat_template)
         log.info("eval: %s", ev.report.summary())
         reports.append("eval data\n" + ev.report.summary())
         eval_records = ev.records
@@ -79,27 +81,39 @@ def batch_order(data: TokenizedDataset, global_batch: int, seed: int, group_by_l
 
 
 @torch.no_grad()
-def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, batch_size: int, device, tol: float = 1e-4) -> str:
+def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, batch_size: int, device,
+                  tol: float | None = None) -> str:
     """``shared`` or ``plain``. For ``auto``, check once that shared-prefix log-probs equal the plain
-    ones on a few examples (the model must honour 4-D masks and position ids); fall back to plain
-    otherwise. The choice is logged."""
+    ones on the longest examples (where sliding windows, position limits and masks go wrong first),
+    through every attention path the shared layout may take in training (the kernel and/or the
+    dense mask); fall back to plain when they differ or when the model rejects the shared inputs.
+    ``tol`` is relative to the largest log-prob (default: 1e-4 for fp32 weights, 1e-2 for 16-bit).
+    The choice is logged."""
     if requested != "auto":
         return requested
-    sample = [data[i] for i in range(min(len(data), max(2, batch_size)))]
+    longest = sorted(range(len(data)), key=lambda i: -data[i].num_tokens_shared)[: max(2, batch_size)]
+    sample = [data[i] for i in sorted(longest)]
+    if tol is None:
+        tol = 1e-4 if next(module.parameters()).dtype == torch.float32 else 1e-2
+    was = module.training
+    module.eval()
     try:
-        was = module.training
-        module.eval()
-        shared = module(Collator(pad_id, "shared")(sample).to(device))[0]
         plain = module(Collator(pad_id, "plain")(sample).to(device))[0]
+        shared_batch = Collator(pad_id, "shared")(sample).to(device)
+        diffs = {path: float((module(shared_batch, attention=path)[0] - plain).abs().max())
+                 for path in module.shared_attention_paths()}
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:  # a model that rejects 4-D masks or position ids
+        log.warning("shared-prefix layout unavailable (%s: %s); using the plain layout", type(exc).__name__, exc)
+        return "plain"
+    finally:
         module.train(was)
-        diff = float((shared - plain).abs().max())
-        scale = float(plain.abs().max()) + 1.0
-    except Exception as exc:  # a model that rejects 4-D masks
-        log.warning("shared-prefix layout unavailable (%s); using the plain layout", exc)
+    scale = float(plain.abs().max()) + 1.0
+    checked = ", ".join(f"{path} {diff:.1e}" for path, diff in diffs.items())
+    if max(diffs.values()) > tol * scale:
+        log.warning("shared-prefix log-probs differ from plain (max |diff|: %s); using the plain layout", checked)
         return "plain"
-    if diff > tol * scale:
-        log.warning("shared-prefix log-probs differ from plain by %.2e; using the plain layout", diff)
-        return "plain"
-    log.info("layout: shared prefix, attention: %s (checked against plain: max |diff| %.1e)",
-             getattr(module, "attention_path", "?"), diff)
+    log.info("layout: shared prefix, attention: %s (checked against plain on the %d longest examples: max |diff| %s)",
+             module.attention_path, len(sample), checked)
     return "shared"

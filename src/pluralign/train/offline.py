@@ -42,7 +42,6 @@ import torch
 from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedDataset, tokenize_records
 from pluralign.logprobs import SequenceLogprobs
-from pluralign.models import load_tokenizer
 from pluralign.objectives import PreferenceLogps, compute_objective
 from pluralign.train.checkpoint import Checkpointer
 from pluralign.train.checks import check_objective_fits_data
@@ -53,7 +52,7 @@ from pluralign.train.optim import build_optimizer, build_scheduler
 from pluralign.train.progress import Progress
 from pluralign.train.reference import build_reference, precompute_reference
 from pluralign.train.resume import check_resume
-from pluralign.train.setup import build_policy, make_accelerator, open_run_folder
+from pluralign.train.setup import build_policy, build_tokenizer, make_accelerator, open_run_folder
 from pluralign.train.shard import shard_batches
 from pluralign.train.step import StepDriver
 
@@ -108,7 +107,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
         check_resume(out, config, accelerator.num_processes)
     is_main, device = accelerator.is_main_process, accelerator.device
 
-    tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    tokenizer = tokenizer or build_tokenizer(cfg.model)
     reports: list[str] = []
     if records is None:
         records, eval_records = load_records(cfg, tokenizer, reports)

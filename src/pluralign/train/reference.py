@@ -175,7 +175,8 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
     peft_policy = model if cfg.model.lora is not None else None
     if cfg.reference.name is not None:
         ref_model = load_model(cfg.reference.name, tokenizer, dtype=cfg.model.dtype,
-                               attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed)
+                               attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed,
+                               gguf_file=cfg.reference.gguf_file)
     elif peft_policy is None:
         ref_model = copy.deepcopy(model)
     else:

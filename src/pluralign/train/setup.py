@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, set_seed
 
-from pluralign.models import enable_activation_checkpointing, load_model
+from pluralign.models import enable_activation_checkpointing, load_model, load_tokenizer
 from pluralign.train.config import ConfigError, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,18 @@ def open_run_folder(tcfg: TrainConfig, accelerator: Accelerator, config: dict) -
     return out
 
 
+def build_tokenizer(mcfg: ModelConfig):
+    """The run's tokenizer: ``model.tokenizer`` or the model's own (from its GGUF file when it has one)."""
+    gguf = mcfg.tokenizer_gguf_file or (mcfg.gguf_file if mcfg.tokenizer is None else None)
+    return load_tokenizer(mcfg.tokenizer or mcfg.name, gguf_file=gguf)
+
+
 def build_policy(mcfg: ModelConfig, tokenizer, model=None) -> torch.nn.Module:
     """The model to train: ``model`` or the configured one (float32 weights), with activation
     checkpointing and LoRA adapters as configured."""
     if model is None:
         model = load_model(mcfg.name, tokenizer, dtype=mcfg.dtype, attn_implementation=mcfg.attn_implementation,
-                           seed=mcfg.seed)
+                           seed=mcfg.seed, gguf_file=mcfg.gguf_file)
     if mcfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
         model.config.use_cache = False
