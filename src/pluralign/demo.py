@@ -52,7 +52,7 @@ def _config(out: Path, objective: ObjectiveConfig, lr: float, steps: int, batch:
         optim=OptimConfig(lr=lr, scheduler=scheduler, warmup_ratio=0.1 if scheduler != "constant" else 0.0,
                           max_grad_norm=max_grad_norm),
         train=TrainConfig(output_dir=str(out), batch_size=batch, max_steps=steps, log_every=log_every,
-                          keep_checkpoints=1, progress_bar=True, seed=0),
+                          keep_checkpoints=1, overwrite=True, progress_bar=True, seed=0),
     )
 
 

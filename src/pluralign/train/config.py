@@ -23,17 +23,24 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
+    def __post_init__(self):
+        check_ranges(self, 'model.lora')
+
 
 @dataclass
 class ModelConfig:
     name: str = "tiny"  # Hub id, local folder, or "tiny"/"tiny-small" (built offline in code)
     tokenizer: str | None = None  # defaults to `name`; "byte" is the offline byte-level tokenizer
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (weights; bf16 only where the hardware has it)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: bf16/fp16 only for frozen weights (LoRA base, reference);
+    #   trained weights stay float32 (master weights) and train.mixed_precision sets the compute dtype
     attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | None (model default)
     prefix_attention: bool | None = None  # shared layout: prefix-shared SDPA kernel (None = when the model supports it)
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None  # train LoRA adapters; the reference is the base with adapters off
     seed: int = 0  # initialisation seed of the offline tiny models
+
+    def __post_init__(self):
+        check_ranges(self, 'model')
 
 
 @dataclass
@@ -41,6 +48,9 @@ class ReferenceConfig:
     name: str | None = None  # reference model; None = the policy's initial weights
     precompute: bool = True  # compute reference log-probs once, cache them on disk, free the model
     cache_dir: str | None = None  # default: <output_dir>/reference_cache
+
+    def __post_init__(self):
+        check_ranges(self, 'reference')
 
 
 @dataclass
@@ -50,6 +60,9 @@ class WorldDataConfig:
     num_records: int = 2000
     seed: int = 1
     top_k: int | None = None  # rankings only: keep the top-k (partial rankings)
+
+    def __post_init__(self):
+        check_ranges(self, 'data.world')
 
 
 @dataclass
@@ -67,12 +80,18 @@ class DataConfig:
     max_row_tokens: int | None = None  # shared layout: pack several prompts per row up to this many tokens
     group_by_length: bool = True  # batch examples of similar length together (less padding)
 
+    def __post_init__(self):
+        check_ranges(self, 'data')
+
 
 @dataclass
 class ObjectiveConfig:
     name: str = "dpo"  # see pluralign.objectives.OBJECTIVES
     beta: float = 0.1  # KL weight (for IPO this is tau; the sampling paper's beta is 1/tau)
     args: dict = field(default_factory=dict)  # objective-specific: label_smoothing, eta, nll_coef
+
+    def __post_init__(self):
+        check_ranges(self, 'objective')
 
 
 @dataclass
@@ -85,6 +104,9 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # used when warmup_steps is 0
     max_grad_norm: float | None = 1.0  # None disables clipping
+
+    def __post_init__(self):
+        check_ranges(self, 'optim')
 
 
 @dataclass
@@ -101,9 +123,15 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every N optimizer steps (and always at the end)
     keep_checkpoints: int = 2
     resume: bool = False  # continue from <output_dir>/checkpoints/latest
+    overwrite: bool = False  # start afresh in a run folder that holds an earlier run (its files are replaced)
+    max_nonfinite_steps: int = 3  # stop after this many steps in a row with a non-finite loss or gradient
     report_to: list[str] = field(default_factory=lambda: ["jsonl"])  # jsonl | tensorboard | wandb
-    progress_bar: bool = True
+    progress_bar: bool = True  # tqdm bar on a terminal; otherwise one progress line every progress_every steps
+    progress_every: int | None = None  # non-terminal progress lines: every N steps (None: about 20 per run)
     chunk_tokens: int | None = 4096  # response tokens per logit chunk (memory bound)
+
+    def __post_init__(self):
+        check_ranges(self, 'train')
 
 
 @dataclass
@@ -131,6 +159,76 @@ class ConfigError(PluralignError):
     """A recipe key is unknown, ill-typed or out of range; the message names the key."""
 
 
+def _at_least(lo):
+    return (lambda v: v >= lo), f"an integer >= {lo}"
+
+
+_POSITIVE = (lambda v: v > 0), "a number > 0"
+_NON_NEGATIVE = (lambda v: v >= 0), "a number >= 0"
+_FRACTION = (lambda v: 0 <= v < 1), "a number in [0, 1)"
+
+# Accepted ranges, per section; a None value (where the type allows it) means "off" and is not checked.
+# Written as "not ok(v)" so that NaN fails every rule.
+RANGES: dict[str, dict[str, tuple]] = {
+    "model.lora": {"r": _at_least(1), "alpha": _POSITIVE, "dropout": _FRACTION},
+    "data.world": {"num_records": _at_least(1), "top_k": _at_least(2)},
+    "data": {"eval_fraction": _FRACTION, "max_records": _at_least(1), "max_length": _at_least(2),
+             "max_prompt_length": _at_least(1), "max_row_tokens": _at_least(1)},
+    "objective": {"beta": _POSITIVE},
+    "objective.args": {"eta": _NON_NEGATIVE, "nll_coef": _NON_NEGATIVE,
+                       "label_smoothing": ((lambda v: 0 <= v < 0.5), "a number in [0, 0.5)")},
+    "optim": {"lr": _POSITIVE, "weight_decay": _NON_NEGATIVE, "eps": _POSITIVE, "warmup_steps": _at_least(0),
+              "warmup_ratio": _FRACTION, "max_grad_norm": _POSITIVE,
+              "betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)")},
+    "train": {"batch_size": _at_least(1), "grad_accum": _at_least(1), "epochs": _POSITIVE, "max_steps": _at_least(1),
+              "log_every": _at_least(1), "eval_every": _at_least(1), "save_every": _at_least(1),
+              "keep_checkpoints": _at_least(1), "max_nonfinite_steps": _at_least(1), "chunk_tokens": _at_least(1),
+              "progress_every": _at_least(1)},
+}
+
+
+def check_ranges(section_obj, section: str) -> None:
+    """Raise :class:`ConfigError` naming ``section.key``, its value and the accepted range for the first
+    value of ``section_obj`` (a config dataclass) outside its range."""
+    values = section_obj.args if section == "objective.args" else vars(section_obj)
+    for key, (ok, expected) in RANGES.get(section, {}).items():
+        value = values.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{section}.{key} = {value!r}; expected {expected}")
+    if section == "objective":
+        check_ranges(section_obj, "objective.args")
+    if section == "data" and section_obj.max_prompt_length >= section_obj.max_length:
+        raise ConfigError(f"data.max_prompt_length = {section_obj.max_prompt_length} must be below data.max_length = "
+                          f"{section_obj.max_length} (the response needs at least one token)")
+    if section == "train" and section_obj.resume and section_obj.overwrite:
+        raise ConfigError("train.resume and train.overwrite are both true; choose one")
+
+
+def check_config(cfg: "RunConfig") -> None:
+    """Re-check every section (fields may have been assigned after construction)."""
+    for section in ("model", "reference", "data", "objective", "optim", "train"):
+        obj = getattr(cfg, section)
+        check_ranges(obj, section)
+    if cfg.model.lora is not None:
+        check_ranges(cfg.model.lora, "model.lora")
+    if cfg.data.world is not None:
+        check_ranges(cfg.data.world, "data.world")
+    for key, allowed in CHOICES.items():
+        _check_choice(cfg, key, allowed)
+    if cfg.model.dtype != "float32" and cfg.model.lora is None:
+        # An AdamW step at lr 5e-7 moves under 1% of bf16 weights of scale 0.02: pure low-precision
+        # training silently barely moves, so trained weights are always float32 master weights.
+        raise ConfigError(f"model.dtype = {cfg.model.dtype!r} would train {cfg.model.dtype} weights, whose small updates "
+                          "round away; use model.dtype=float32 with train.mixed_precision=bf16 (float32 master "
+                          f"weights, bf16 compute), or LoRA (model.lora) to keep the frozen base in {cfg.model.dtype}")
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict, checking every key and type."""
     if not isinstance(data, dict):
@@ -144,8 +242,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
     if prefix == "":
-        for key, allowed in CHOICES.items():
-            _check_choice(obj, key, allowed)
+        check_config(obj)
     return obj
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from pluralign.errors import PluralignError
+
 
 class StepStats:
     """Accumulates per-example statistics over the micro-batches of one step, then reduces them
@@ -58,30 +60,45 @@ class StepStats:
 
 class MetricsLogger:
     """Writes one JSON line per logged step to ``metrics.jsonl`` (always, on the main process) and to
-    TensorBoard / Weights & Biases when asked for and installed."""
+    TensorBoard / Weights & Biases when asked for and installed.
 
-    def __init__(self, out: Path, report_to: list[str], is_main: bool, resume: bool = False, config: dict | None = None):
+    ``resume_step``: the run continues after that step; rows of ``metrics.jsonl`` past it (logged
+    after the checkpoint, before the interruption) are dropped so no step appears twice, and the
+    W&B run id stored in the run folder is reused so W&B continues the same run.
+    """
+
+    def __init__(self, out: Path, report_to: list[str], is_main: bool, resume_step: int | None = None,
+                 config: dict | None = None):
         self.is_main = is_main
         self.tb = self.wandb = None
         self.fh = None
         unknown = sorted(set(report_to) - {"jsonl", "tensorboard", "wandb"})
         if unknown:
-            raise ValueError(f"train.report_to: unknown target(s) {unknown}; expected jsonl, tensorboard, wandb")
+            raise PluralignError(f"train.report_to: unknown target(s) {unknown}; expected jsonl, tensorboard, wandb")
         if not is_main:
             return
-        self.fh = open(out / "metrics.jsonl", "a" if resume else "w")
+        path = out / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines(keepends=True) if _row_step(line) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+        self.fh = open(path, "a" if resume_step is not None else "w")
         if "tensorboard" in report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError("report_to has 'tensorboard' but it is not installed: pip install 'pluralign[tensorboard]'") from exc
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+                raise PluralignError("report_to has 'tensorboard' but it is not installed: pip install 'pluralign[tensorboard]'") from exc
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
         if "wandb" in report_to:
             try:
                 import wandb
             except ImportError as exc:
-                raise RuntimeError("report_to has 'wandb' but it is not installed: pip install 'pluralign[wandb]'") from exc
-            self.wandb = wandb.init(project="pluralign", dir=str(out), config=config, resume="allow")
+                raise PluralignError("report_to has 'wandb' but it is not installed: pip install 'pluralign[wandb]'") from exc
+            id_file = out / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            id_file.write_text(run_id)
+            self.wandb = wandb.init(project="pluralign", dir=str(out), config=config, id=run_id, resume="allow")
 
     def log(self, row: dict) -> None:
         if not self.is_main:
@@ -104,3 +121,11 @@ class MetricsLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _row_step(line: str) -> float:
+    """The step of one metrics.jsonl line; a torn last line (killed mid-write) sorts after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

@@ -10,34 +10,52 @@ hands them to the registered objective by name, and reduces the per-example loss
 
 so a step is the weighted mean over its global batch, whatever the split into processes and
 micro-batches (example weights are not renormalised: EM responsibilities scale the gradient).
+
+It is a short script over the pieces every loop shares (a reward-model or RL loop uses the same):
+
+=========================================  ===================================================
+:mod:`pluralign.train.setup`               accelerator + seed + CPU float mode; the run folder
+                                           (refuses one holding another run); the policy model
+:mod:`pluralign.train.optim`               AdamW and the LR schedule (stepped once per step)
+:mod:`pluralign.train.checkpoint`          Checkpointer: atomic save, prune, resume
+:mod:`pluralign.train.resume`              which config changes forbid a resume
+:mod:`pluralign.train.step`                StepDriver: accumulation, autocast, clipping, the
+                                           non-finite guard, optimizer and schedule
+:mod:`pluralign.train.metrics`             per-step statistics; metrics.jsonl / TensorBoard / W&B
+:mod:`pluralign.train.progress`            tqdm on a terminal, log lines elsewhere
+:mod:`pluralign.train.shard`               read-only passes split across processes
+:mod:`pluralign.train.reference`           reference log-probs: cached (sharded) or live
+:mod:`pluralign.train.checks`              objective-against-data check at start-up
+=========================================  ===================================================
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedDataset, tokenize_records
 from pluralign.logprobs import SequenceLogprobs
-from pluralign.models import enable_activation_checkpointing, load_model, load_tokenizer
-from pluralign.objectives import REFERENCE_FREE, PreferenceLogps, check_objective_args, compute_objective
-from pluralign.train.checkpoint import latest_checkpoint, save_checkpoint
-from pluralign.train.config import RunConfig, to_dict
+from pluralign.models import load_tokenizer
+from pluralign.objectives import PreferenceLogps, compute_objective
+from pluralign.train.checkpoint import Checkpointer
+from pluralign.train.checks import check_objective_fits_data
+from pluralign.train.config import ConfigError, RunConfig, check_config, to_dict
 from pluralign.train.data import batch_order, choose_layout, load_records
 from pluralign.train.metrics import MetricsLogger, StepStats
-from pluralign.train.reference import CachedReference, LiveReference, cache_key, precompute_reference
+from pluralign.train.optim import build_optimizer, build_scheduler
+from pluralign.train.progress import Progress
+from pluralign.train.reference import build_reference, precompute_reference
+from pluralign.train.resume import check_resume
+from pluralign.train.setup import build_policy, make_accelerator, open_run_folder
+from pluralign.train.shard import shard_batches
+from pluralign.train.step import StepDriver
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +70,23 @@ class TrainResult:
     layout: str = "shared"
 
 
-def _build_policy(cfg: RunConfig, tokenizer, model=None):
-    if model is None:
-        model = load_model(cfg.model.name, tokenizer, dtype=cfg.model.dtype,
-                           attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed)
-    if cfg.model.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-        model.config.use_cache = False
-    if cfg.model.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    return model
-
-
 def _steps(cfg: RunConfig, num_examples: int, world: int) -> tuple[int, int]:
     global_batch = cfg.train.batch_size * cfg.train.grad_accum * world
     per_epoch = num_examples // global_batch
     if per_epoch == 0:
-        raise ValueError(f"{num_examples} examples do not fill one global batch of {global_batch} "
-                         f"(batch_size x grad_accum x processes)")
+        raise ConfigError(f"{num_examples} training examples do not fill one global batch of {global_batch} "
+                          f"(train.batch_size {cfg.train.batch_size} x train.grad_accum {cfg.train.grad_accum} x "
+                          f"{world} processes)")
     total = cfg.train.max_steps if cfg.train.max_steps is not None else max(1, int(cfg.train.epochs * per_epoch))
     return per_epoch, total
+
+
+def objective_losses(cfg: RunConfig, policy, reference, batch):
+    """(per-example losses [B], per-example stats) of the configured objective on one batch."""
+    pol, counts = policy(batch)
+    ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
+    inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask)
+    return compute_objective(cfg.objective.name, inputs, cfg.objective.beta, cfg.objective.args)
 
 
 def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_records=None, on_log=None,
@@ -83,77 +94,69 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     """Run preference optimization as configured; returns the trained (unwrapped) model and history.
 
     ``model``/``tokenizer``/``records`` replace what the config would load. ``on_log(step, model)``
-    is called at every logged step (and before the first, with step 0) and may return extra metrics
-    for the row, e.g. an exact evaluation on a world. ``order(data, global_batch, seed,
-    group_by_length)`` returns each epoch's permutation of example indices (default
-    :func:`pluralign.train.data.batch_order`); it must depend only on its arguments, or resume
-    would land on other batches.
+    is called on the main process at every logged step (and before the first, with step 0) and may
+    return extra metrics for the row, e.g. an exact evaluation on a world. ``order(data,
+    global_batch, seed, group_by_length)`` returns each epoch's permutation of example indices
+    (default :func:`pluralign.train.data.batch_order`); it must depend only on its arguments, or
+    resume would land on other batches.
     """
-    check_objective_args(cfg.objective.name, cfg.objective.args)
-    # Several train() calls in one process (the demo, notebooks) may differ in mixed precision; the
-    # process group (PartialState) is kept, only the per-run accelerator state is reset.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=_cpu_data_parallel())
-    set_seed(cfg.train.seed)
-    if accelerator.device.type == "cpu":
-        # Softmax probabilities of tokens being pushed down pass through the denormal range, where
-        # x86 CPUs run ~100x slower (measured: 3.6 vs 350 examples/s on the demo's SFT); flushing
-        # them to zero changes values below 1e-38 only.
-        torch.set_flush_denormal(True)
-    out = Path(cfg.train.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    check_config(cfg)
+    config = json.loads(json.dumps(to_dict(cfg)))
+    accelerator = make_accelerator(cfg.train)
+    out = open_run_folder(cfg.train, accelerator, config)
+    if cfg.train.resume:
+        check_resume(out, config, accelerator.num_processes)
+    is_main, device = accelerator.is_main_process, accelerator.device
 
     tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     reports: list[str] = []
     if records is None:
         records, eval_records = load_records(cfg, tokenizer, reports)
-    data = tokenize_records(records, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
-    eval_data = (tokenize_records(eval_records, tokenizer, max_length=cfg.data.max_length,
-                                  max_prompt_length=cfg.data.max_prompt_length) if eval_records else None)
-    reports.append(f"train: {data.report()}")
-    if eval_data is not None:
-        reports.append(f"eval: {eval_data.report()}")
-    if accelerator.is_main_process:
-        log.info("train data: %s", data.report())
+    check_objective_fits_data(cfg.objective.name, cfg.objective.beta, cfg.objective.args, records)
+    if eval_records:
+        check_objective_fits_data(cfg.objective.name, cfg.objective.beta, cfg.objective.args, eval_records,
+                                  "the evaluation data")
+    data, eval_data = (tokenize_records(part, tokenizer, max_length=cfg.data.max_length,
+                                        max_prompt_length=cfg.data.max_prompt_length) if part else None
+                       for part in (records, eval_records))
+    per_epoch, total_steps = _steps(cfg, len(data), accelerator.num_processes)
+    reports += [f"{name}: {part.report()}" for name, part in (("train", data), ("eval", eval_data)) if part is not None]
+    log.info("train data: %s", data.report())
+    if is_main:
         (out / "data_report.txt").write_text("\n\n".join(reports) + "\n")
-    model = _build_policy(cfg, tokenizer, model)
+
+    model = build_policy(cfg.model, tokenizer, model)
     policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
-    device = accelerator.device
     layout = choose_layout(cfg.data.layout, policy.to(device), data, tokenizer.pad_token_id, cfg.train.batch_size, device)
     collator = Collator(tokenizer.pad_token_id, layout, cfg.data.max_row_tokens)
+    # precompute_reference is looked up here, at call time, so a caller may wrap it (timing it, say).
+    reference, eval_reference = build_reference(cfg, accelerator, model, tokenizer, [data, eval_data], collator, out,
+                                                precompute=precompute_reference)
 
-    reference, eval_reference = _build_reference(cfg, accelerator, model, tokenizer, data, eval_data, collator, out)
+    optimizer = build_optimizer(policy.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    checkpointer = Checkpointer(accelerator, policy, out, cfg.train.keep_checkpoints, export=lambda m: m.model,
+                                prefix="model.")
+    driver = StepDriver(accelerator, policy, optimizer, scheduler, cfg.optim.max_grad_norm, cfg.train.max_nonfinite_steps)
+    state = checkpointer.resume() if cfg.train.resume else None
+    start_step = state["step"] if state else 0
+    if state:
+        driver.guard.skipped_steps = state.get("skipped_steps", 0)
+        log.info("resumed from step %d", start_step)
 
-    per_epoch, total_steps = _steps(cfg, len(data), accelerator.num_processes)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    # The fused kernel does the whole update in one pass (measured 3.4 -> 0.8 ms per step on the tiny model).
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=fused)
-    warmup = cfg.optim.warmup_steps or int(cfg.optim.warmup_ratio * total_steps)
-    scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-
-    start_step = 0
-    if cfg.train.resume and (ckpt := latest_checkpoint(out)) is not None:
-        accelerator.load_state(str(ckpt / "state"))
-        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-        if accelerator.is_main_process:
-            log.info("resumed from %s at step %d", ckpt, start_step)
-
-    logger = MetricsLogger(out, cfg.train.report_to, accelerator.is_main_process, resume=start_step > 0,
-                           config=to_dict(cfg))
+    logger = MetricsLogger(out, cfg.train.report_to, is_main, resume_step=start_step if cfg.train.resume else None,
+                           config=config)
+    progress = Progress(total_steps, start_step, cfg.objective.name, cfg.train.progress_bar and is_main,
+                        cfg.train.progress_every)
     groups = _group_names(data)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (cfg.train.progress_bar and accelerator.is_main_process),
-               desc=cfg.objective.name, dynamic_ncols=True)
     history = []
     rank, world = accelerator.process_index, accelerator.num_processes
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     epoch_order, order_epoch = None, -1
     policy.train()
-    if on_log is not None and start_step == 0:
+    if on_log is not None and start_step == 0 and is_main:
         extra = on_log(0, accelerator.unwrap_model(policy).model) or {}
         history.append({"step": 0, **extra})
         logger.log({"step": 0, **extra})
@@ -163,67 +166,49 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
             epoch_order = order(data, bs * accum * world, cfg.train.seed + epoch, cfg.data.group_by_length)
             order_epoch = epoch
         stats = StepStats(groups, device)
-        t0 = time.perf_counter()
         base = in_epoch * bs * accum * world
-        for micro in range(accum):
-            lo = base + (micro * world + rank) * bs
-            idx = epoch_order[lo : lo + bs]
+        starts = [base + (m * world + rank) * bs for m in range(accum)]
+        micro_batches = [epoch_order[lo : lo + bs] for lo in starts]
+
+        def micro_loss(idx):
             batch = collator([data[i] for i in idx], idx).to(device)
-            sync = micro == accum - 1
-            with accelerator.no_sync(policy) if not sync else nullcontext():
-                with accelerator.autocast():
-                    pol, counts = policy(batch)
-                    ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
-                    inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask)
-                    losses, ex_stats = compute_objective(cfg.objective.name, inputs, cfg.objective.beta, cfg.objective.args)
-                    loss = (batch.weights * losses).sum() / (bs * accum)
-                accelerator.backward(loss)
+            losses, ex_stats = objective_losses(cfg, policy, reference, batch)
             stats.add(losses.detach(), batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
-        grad_norm = None
-        if cfg.optim.max_grad_norm is not None:
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            return (batch.weights * losses).sum() / bs
+
+        t0 = time.perf_counter()
+        outcome = driver.step(step + 1, micro_batches, micro_loss)
         done = step + 1
         row = stats.reduce(accelerator, time.perf_counter() - t0)
-        row.update(step=done, epoch=done / per_epoch, learning_rate=scheduler.get_last_lr()[0], num_processes=world)
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
+        row.update(step=done, epoch=done / per_epoch, learning_rate=outcome.learning_rate, num_processes=world,
+                   grad_norm=outcome.grad_norm, skipped_steps=driver.guard.skipped_steps)
         if eval_data is not None and cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == total_steps):
-            row.update(evaluate(cfg, policy, eval_reference, eval_data, collator, device, _group_names(eval_data)))
+            row.update(evaluate(cfg, policy, eval_reference, eval_data, collator, accelerator))
         logged = done % cfg.train.log_every == 0 or done == total_steps
-        if logged and on_log is not None:
+        if logged and on_log is not None and is_main:
             row.update(on_log(done, accelerator.unwrap_model(policy).model) or {})
         history.append(row)
         if logged:
             logger.log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", ex_s=f"{row['examples_per_second']:.1f}")
-        bar.update(1)
+        progress.update(done, row)
         if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == total_steps:
-            save_checkpoint(accelerator, accelerator.unwrap_model(policy).model, tokenizer, out, done,
-                            {"step": done, "epoch": done / per_epoch, "layout": layout}, cfg.train.keep_checkpoints)
-    bar.close()
+            checkpointer.save(done, {"step": done, "epoch": done / per_epoch, "layout": layout, "num_processes": world,
+                                     "skipped_steps": driver.guard.skipped_steps}, tokenizer)
+    progress.close()
     logger.close()
     scorer = accelerator.unwrap_model(policy)
+    _log_run_summary(history, layout, scorer)
+    accelerator.wait_for_everyone()
+    return TrainResult(out, total_steps, history, scorer.model, tokenizer, layout)
+
+
+def _log_run_summary(history, layout, scorer) -> None:
     padding = [row["padding_fraction"] for row in history if "padding_fraction" in row]
-    if padding and accelerator.is_main_process:
+    if padding:
         log.info("padding: %.1f%% of input tokens over the run (layout %s)", 100 * sum(padding) / len(padding), layout)
-    if layout == "shared" and accelerator.is_main_process:
+    if layout == "shared":
         log.info("attention: prefix kernel on %d, dense 4-D mask on %d shared-layout policy forwards (%s)",
                  scorer.kernel_batches, scorer.dense_batches, scorer.attention_path)
-    accelerator.wait_for_everyone()
-    unwrapped = scorer.model
-    return TrainResult(out, total_steps, history, unwrapped, tokenizer, layout)
-
-
-def _cpu_data_parallel() -> bool:
-    """True under torchrun/accelerate with several processes and no GPU: accelerate only picks its
-    gloo CPU backend when told the run is on CPU, and would otherwise run each process alone."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world > 1 and not torch.cuda.is_available()
 
 
 def _group_names(data: TokenizedDataset) -> list[str]:
@@ -231,67 +216,29 @@ def _group_names(data: TokenizedDataset) -> list[str]:
     return [a.split("/", 1)[0] for a in data.annotators]
 
 
-def _build_reference(cfg, accelerator, model, tokenizer, data, eval_data, collator, out):
-    if cfg.objective.name in REFERENCE_FREE:
-        return None, None
-    device = accelerator.device
-    peft_policy = model if cfg.model.lora is not None else None
-    if cfg.reference.name is not None:
-        ref_model = load_model(cfg.reference.name, tokenizer, dtype=cfg.model.dtype,
-                               attn_implementation=cfg.model.attn_implementation, seed=cfg.model.seed)
-    elif peft_policy is None:
-        import copy
-
-        ref_model = copy.deepcopy(model)
-    else:
-        ref_model = None  # the policy with adapters disabled is the reference
-    if ref_model is not None:
-        ref_model.requires_grad_(False).eval().to(device)
-    module = SequenceLogprobs(ref_model if ref_model is not None else model, chunk_tokens=cfg.train.chunk_tokens,
-                             prefix_attention=cfg.model.prefix_attention).to(device)
-    live = LiveReference(module, peft_policy)
-    if not cfg.reference.precompute:
-        return live, live
-    cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else out / "reference_cache"
-    fingerprint_model = ref_model if ref_model is not None else model
-    tables = []
-    for part in (data, eval_data):
-        if part is None:
-            tables.append(None)
-            continue
-        key = cache_key(fingerprint_model, tokenizer, part, cfg.model.dtype)
-        ctx = peft_policy.disable_adapter() if peft_policy is not None else nullcontext()
-        with ctx:
-            logps, counts, built = precompute_reference(module, part, collator, cfg.train.batch_size, device,
-                                                        cache_dir / f"{key}.safetensors", key, accelerator)
-        if accelerator.is_main_process:
-            log.info("reference log-probs for %d examples %s (%s)", len(part), "computed" if built else "loaded from cache", key)
-        tables.append(CachedReference(logps, counts))
-    del module, live, ref_model  # training holds no reference model from here on
-    return tables[0], tables[1]
-
-
 @torch.no_grad()
-def evaluate(cfg, policy, reference, data, collator, device, groups) -> dict:
-    """Held-out metrics (TRL's ``eval_`` prefix) over the whole evaluation set."""
-    stats = StepStats(groups, device)
+def evaluate(cfg, policy, reference, data, collator, accelerator) -> dict:
+    """Held-out metrics (TRL's ``eval_`` prefix) over the whole evaluation set, split across processes
+    and summed, under the training autocast."""
+    stats = StepStats(_group_names(data), accelerator.device)
+    bs = cfg.train.batch_size
+    batches = [list(range(start, min(len(data), start + bs))) for start in range(0, len(data), bs)]
     policy.eval()
     t0 = time.perf_counter()
-    for start in range(0, len(data), cfg.train.batch_size):
-        idx = list(range(start, min(len(data), start + cfg.train.batch_size)))
-        batch = collator([data[i] for i in idx], idx).to(device)
-        pol, counts = policy(batch)
-        ref = reference(batch)[0] if reference is not None else torch.zeros_like(pol)
-        inputs = PreferenceLogps(pol, ref, counts, batch.ranking, batch.num_ranked, batch.response_mask)
-        losses, ex_stats = compute_objective(cfg.objective.name, inputs, cfg.objective.beta, cfg.objective.args)
-        stats.add(losses, batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
+    for idx, keep in shard_batches(batches, accelerator):
+        batch = collator([data[i] for i in idx], idx).to(accelerator.device)
+        with accelerator.autocast():
+            losses, ex_stats = objective_losses(cfg, policy, reference, batch)
+        if keep:
+            stats.add(losses, batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
     policy.train()
-    row = stats.reduce(None, time.perf_counter() - t0)
-    return {f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}
+    seconds = time.perf_counter() - t0
+    row = stats.reduce(accelerator, seconds)
+    return {**{f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}, "eval_runtime": seconds}
 
 
 def total_training_steps(cfg: RunConfig, num_examples: int, world: int = 1) -> int:
     return _steps(cfg, num_examples, world)[1]
 
 
-__all__ = ["TrainResult", "evaluate", "total_training_steps", "train"]
+__all__ = ["TrainResult", "evaluate", "objective_losses", "total_training_steps", "train"]
