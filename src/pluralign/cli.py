@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
+    from pluralign.rl.cli import register as register_rl  # pluralign rm | rl
+
+    register_rl(sub)
     from pluralign.data.validate import add_validate_parser
 
     add_validate_parser(sub)

@@ -57,6 +57,19 @@ def shared_prefix_mask(doc_ids: torch.Tensor, part_ids: torch.Tensor, dtype: tor
     return mask[:, None]
 
 
+def model_inputs(batch: Batch, dtype: torch.dtype, segments=None) -> dict:
+    """Forward keyword arguments of a batch in its layout: a 2-D padding mask (plain), the
+    prefix-shared kernel's ``segments`` when given, else the dense 4-D shared-prefix mask."""
+    inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids)
+    if batch.layout != "shared":
+        inputs["attention_mask"] = (batch.doc_ids >= 0).long()
+    elif segments is not None:
+        inputs["prefix_segments"] = segments
+    else:
+        inputs["attention_mask"] = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
+    return inputs
+
+
 def _token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -96,19 +109,18 @@ class SequenceLogprobs(nn.Module):
                 self.attention_path = reason + (" on every batch" if self.always_kernel else
                                                 " where its cost model beats the dense 4-D mask, batch by batch")
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids)
-        if batch.layout != "shared":
-            inputs["attention_mask"] = (batch.doc_ids >= 0).long()
-        else:
+    def forward(self, batch: Batch, per_token: bool = False):
+        """(logp_sum [B, K], num_tokens [B, K]); with ``per_token`` the flat per-token log-probs [T]
+        in the order of ``batch.gather_seq`` (what per-token RLHF penalties need)."""
+        segments = None
+        if batch.layout == "shared":
             segments = prefix_segments(batch.doc_ids, batch.part_ids) if self.prefix_attention else None
             if segments is not None and (self.always_kernel or segments.kernel_pays()):
-                inputs["prefix_segments"] = segments
                 self.kernel_batches += 1
             else:
-                dtype = next(self.model.parameters()).dtype
-                inputs["attention_mask"] = shared_prefix_mask(batch.doc_ids, batch.part_ids, dtype)
+                segments = None
                 self.dense_batches += 1
+        inputs = model_inputs(batch, next(self.model.parameters()).dtype, segments)
         split = split_decoder_and_head(self.model)
         if split is not None:
             decoder, head = split
@@ -119,6 +131,8 @@ class SequenceLogprobs(nn.Module):
             logits = self.model(**inputs, use_cache=False).logits
             picked = logits[batch.gather_row, batch.gather_pos].float()
             token_logps = picked.gather(-1, batch.gather_target[:, None]).squeeze(-1) - torch.logsumexp(picked, -1)
+        if per_token:
+            return token_logps
         n_seq = batch.num_examples * batch.max_responses
         sums = torch.zeros(n_seq, dtype=torch.float32, device=token_logps.device)
         sums = sums.index_add(0, batch.gather_seq, token_logps)

@@ -27,3 +27,5 @@ __all__ = [
     "rpo_loss",
     "rpo_mean_loss",
 ]
+from pluralign.objectives.penalties import PENALTIES, compute_penalty, conditional_pm_penalty, kl_penalty, pm_penalty  # noqa: E402
+from pluralign.objectives.reward import bradley_terry_loss, plackett_luce_reward_loss, reward_centering  # noqa: E402

@@ -322,7 +322,8 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=None) -> RunConfig:
+    """A recipe as ``cls`` (default :class:`RunConfig`; loops with extra sections pass a subclass)."""
     data = {}
     if path is not None:
         with open(path) as fh:
@@ -332,7 +333,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         apply_override(data, item)
     try:
-        return from_dict(RunConfig, data)
+        return from_dict(cls or RunConfig, data)
     except ConfigError as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None
 

@@ -1,0 +1,87 @@
+"""Recipes of the reward-model and RL loops: the offline run's sections plus one section each.
+
+``pluralign rm``: :class:`RMRunConfig` = model, data, optim, train (as for ``pluralign train``) +
+``reward_model``. ``pluralign rl``: :class:`RLRunConfig` = model, reference, data (prompts), optim,
+train + ``rl``. The ``objective`` section is not read by either loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pluralign.objectives.penalties import KL_ESTIMATORS, PENALTIES
+from pluralign.rl.estimators import ADVANTAGES
+from pluralign.train.config import ConfigError, RunConfig
+
+
+@dataclass
+class RewardModelConfig:
+    head: str = "classifier"  # classifier (sequence-classification head) | value (value head on the causal LM)
+    center_coefficient: float = 0.0  # TRL's center_rewards_coefficient: adds c * (sum_k r_k)^2 per example
+    margin: float | None = None  # Bradley-Terry margin m in -log sigma(r_w - r_l - m) (pairs only)
+
+    def __post_init__(self):
+        if self.head not in ("classifier", "value"):
+            raise ConfigError(f"reward_model.head = {self.head!r}; expected 'classifier' or 'value'")
+        if not self.center_coefficient >= 0:
+            raise ConfigError(f"reward_model.center_coefficient = {self.center_coefficient!r}; expected a number >= 0")
+
+
+@dataclass
+class RMRunConfig(RunConfig):
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+
+
+@dataclass
+class RLConfig:
+    # where rewards come from: world (data.world's true reward) | model (a saved reward model) | functions
+    reward: str = "world"
+    world_reward: str = "population"  # population (log of the population's top-choice share) | mean | a group name
+    off_candidate_reward: float | None = None  # world reward of a completion that is no candidate (None: error)
+    reward_model: str | None = None  # folder written by `pluralign rm` (its checkpoints/step-N/model)
+    reward_functions: list[str] = field(default_factory=list)  # "module:function", f(prompts, completions, **cols)
+    reward_weights: list[float] | None = None  # one per reward function (default 1 each)
+    penalty: str = "kl"  # kl | pm | conditional_pm | none   (pluralign.objectives.penalties)
+    beta: float = 0.1  # kl: beta_KL; pm: beta_PM
+    kl_estimator: str = "k1"  # kl: k1 | k2 | k3 (all enter the reward; k1 is the unbiased choice)
+    alpha: float = 0.0  # conditional_pm: PM branch where pi_ref(a_t|s_t) > alpha (0 = plain KL)
+    beta_pm: float = 0.1  # conditional_pm: coefficient of the PM branch
+    beta_kl: float = 0.1  # conditional_pm: coefficient of the KL branch (equal to beta_pm = released code)
+    estimator: str = "rloo"  # rloo | group_normalized
+    num_completions: int = 4  # k completions per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    missing_eos_penalty: float | None = None  # subtracted from the reward of completions cut at max_new_tokens
+    eval_world: bool = True  # with data.world: exact PM divergence, minority mass, TV to target at logged steps
+
+    def __post_init__(self):
+        checks = [
+            ("reward", self.reward in ("world", "model", "functions"), "world | model | functions"),
+            ("penalty", self.penalty in PENALTIES, " | ".join(PENALTIES)),
+            ("kl_estimator", self.kl_estimator in KL_ESTIMATORS, " | ".join(KL_ESTIMATORS)),
+            ("estimator", self.estimator in ADVANTAGES, " | ".join(ADVANTAGES)),
+            ("num_completions", self.num_completions >= 2, "an integer >= 2 (leave-one-out and group baselines)"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("alpha", 0 <= self.alpha <= 1, "a probability in [0, 1]"),
+            ("beta", self.beta > 0, "a number > 0"),
+            ("temperature", self.temperature > 0, "a number > 0"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"rl.{key} = {getattr(self, key)!r}; expected {expected}")
+
+    def penalty_args(self) -> dict:
+        """Keyword arguments of the configured penalty function."""
+        return {
+            "kl": {"beta": self.beta, "estimator": self.kl_estimator},
+            "pm": {"beta": self.beta},
+            "conditional_pm": {"alpha": self.alpha, "beta_pm": self.beta_pm, "beta_kl": self.beta_kl},
+            "none": {},
+        }[self.penalty]
+
+
+@dataclass
+class RLRunConfig(RunConfig):
+    rl: RLConfig = field(default_factory=RLConfig)
