@@ -70,7 +70,7 @@ def bandit_config(out_dir, alpha: float, beta: float, lam: float, rounds: int, s
         train=TrainConfig(output_dir=str(out_dir), batch_size=responses // 2, seed=seed, log_every=steps,
                           save_every=None, progress_bar=False, overwrite=True),
         online=OnlineConfig(rounds=rounds, steps_per_round=steps, responses_per_prompt=responses, alpha=alpha,
-                            lam=lam, window=min(5, rounds), plot=False))
+                            lam=lam, window=max(2, min(5, rounds)), plot=False))
 
 
 def lab_trajectory(P, pi_start, alpha: float, beta: float, lam: float, rounds: int) -> np.ndarray:
@@ -108,7 +108,7 @@ def run_dynamics_study(out_dir, quick: bool = False, seed: int = 0) -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rounds, steps, responses = (8, 25, 10000) if quick else (14, 30, 20000)
+    rounds, steps, responses = (6, 40, 10000) if quick else (12, 50, 20000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 3-candidate bandit on the tiny LM: extra threads only contend
     try:

@@ -137,7 +137,7 @@ def _drop_round_rows(out: Path, from_step: int) -> None:
             row = json.loads(line)
         except ValueError:
             continue  # a torn last line
-        if not ("online/round" in row and row.get("step", math.inf) >= from_step):
+        if not ("online/pi" in row and row.get("step", math.inf) >= from_step):  # monitor rows carry online/pi
             kept.append(line)
     path.write_text("".join(kept))
 
