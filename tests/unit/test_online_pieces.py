@@ -136,3 +136,17 @@ def test_round_metrics_flag_oscillation_collapse_and_instability():
     row, _ = round_metrics(2, [[p] for p in shrinking[:3]], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
                            collapse_entropy=0.5, oscillation_threshold=0.01)
     assert row["online/collapsed_prompts"] == 0  # fewer rounds than the window: not yet judged
+
+
+def test_judge_and_reward_labelers_build_the_label_matrix():
+    from pluralign.online.problem import JudgeLabeler, RewardLabeler
+
+    problem = OnlineProblem(["p"], [["short", "longer one", "the longest of all"]])
+    judge = JudgeLabeler(problem, lambda prompt, a, b: len(a) > len(b))  # a deterministic judge (bool)
+    assert_close_scaled(judge.matrix(0), np.array([[0.5, 0, 0], [1, 0.5, 0], [1, 1, 0.5]]), rel=1e-12)
+    with pytest.raises(ValueError, match="prompt 0, candidates 0 vs 1"):
+        JudgeLabeler(problem, lambda prompt, a, b: 2.0).matrix(0)
+    r = np.array([0.3, -1.0, 2.0])
+    rewards = lambda prompts, completions: (r[[problem.candidates[0].index(c) for c in completions]], {})  # noqa: E731
+    expected = 1 / (1 + np.exp(-(r[:, None] - r[None, :])))
+    assert_close_scaled(RewardLabeler(problem, rewards).matrix(0), expected, rel=1e-12)
