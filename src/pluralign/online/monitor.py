@@ -12,7 +12,8 @@ the contraction bound ``alpha + (beta lam / 2) ||P - 1/2||_2 < 1`` (sufficient f
 attracting fixed point) and, for three candidates with cyclic majority, the 3-cycle criterion
 ``alpha^2 + a^2 beta^2 lam^2 / 3 > 1`` (oscillation), with ``a`` the cyclic component of P_hat.
 beta is the preference strength 1/tau of IPO (``1 / objective.beta``); for DPO the same numbers
-are an indication only (MRS-DPO's thresholds differ, §5.3).
+are an indication only (MRS-DPO's thresholds differ, §5.3). lambda is the mixture sampler's; the
+uniform and instance samplers never read pi_t, so for them lambda = 0 (no sampler feedback).
 """
 
 from __future__ import annotations

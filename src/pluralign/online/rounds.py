@@ -210,7 +210,8 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
     pi_0 = [renormalised(v) if o.initial == "policy" else np.full(v.size, 1.0 / v.size) for v in logp_ref]
     counts = PreferenceCounts(table.sizes)
     trajectory, rounds = [], []
-    monitor = dict(alpha=o.alpha, beta=beta_pref, lam=o.lam if o.sampler == "mixture" else 1.0, window=o.window,
+    # uniform and instance samplers do not read pi_t: no sampler feedback, lambda = 0 in the lab's criteria
+    monitor = dict(alpha=o.alpha, beta=beta_pref, lam=o.lam if o.sampler == "mixture" else 0.0, window=o.window,
                    collapse_entropy=o.collapse_entropy, oscillation_threshold=o.oscillation_threshold)
 
     def observe(data: RoundData, log_row: bool) -> None:
