@@ -133,6 +133,11 @@ def test_round_metrics_flag_oscillation_collapse_and_instability():
     row, warnings = round_metrics(4, [[p] for p in shrinking], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
                                   collapse_entropy=0.05, oscillation_threshold=0.01)
     assert row["online/collapsed_prompts"] == 1 and any("collapsed" in w for w in warnings)
+    assert row["online/oscillating_prompts"] == 0  # a monotone drift is no oscillation
+    drifting = [np.array([1 - 2 * e, e, e]) for e in (0.3, 0.25, 0.2, 0.15, 0.1)]
+    row, _ = round_metrics(4, [[p] for p in drifting], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
+                           collapse_entropy=0.05, oscillation_threshold=0.01)
+    assert (row["online/collapsing_prompts"], row["online/oscillating_prompts"], row["online/collapsed_prompts"]) == (1, 0, 0)
     row, _ = round_metrics(2, [[p] for p in shrinking[:3]], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
                            collapse_entropy=0.5, oscillation_threshold=0.01)
     assert row["online/collapsed_prompts"] == 0  # fewer rounds than the window: not yet judged

@@ -93,8 +93,8 @@ def run_setting(setting: dict, out_dir: Path, rounds: int, steps: int, responses
     lab = lab_trajectory(problem.preference(0), loop[0], setting["alpha"], setting["beta"], 1.0, rounds)
     late = loop[-max(rounds // 2, 2):]
     final = result.rounds[-1]
-    label = ("collapsed" if final["online/collapsed_prompts"] else "oscillating" if final["online/oscillating_prompts"]
-             else "converged")
+    label = next((name for name in ("collapsed", "collapsing", "oscillating") if final[f"online/{name}_prompts"]),
+                 "converged")
     return dict(name=setting["name"], expect=setting["expect"], monitor=label, loop=loop, lab=lab,
                 max_abs_gap=float(np.abs(loop - lab).max()),
                 late_cycle_strength=float(late.var(axis=0).sum()),
@@ -111,7 +111,7 @@ def run_dynamics_study(out_dir, quick: bool = False, seed: int = 0) -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rounds, steps, responses = (6, 40, 10000) if quick else (12, 50, 20000)
+    rounds, steps, responses = (8, 40, 10000) if quick else (12, 50, 20000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 3-candidate bandit on the tiny LM: extra threads only contend
     try:

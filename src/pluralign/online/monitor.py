@@ -2,8 +2,10 @@
 
 For each prompt: the policy's candidate distribution pi_t, its entropy, the cycle strength (sum
 over candidates of the variance of pi over the last ``window`` rounds, the lab's
-:func:`~pluralign.lab.dynamics.cycle_strength`), collapse (entropy below a threshold and not
-increasing over a full window of rounds), and from the labels drawn so far the estimate
+:func:`~pluralign.lab.dynamics.cycle_strength`), oscillation (that strength above a threshold
+with some candidate's mass turning around inside the window), collapsing (every mass monotone and the
+entropy falling, by more than the collapse threshold, over the window: a drift to a vertex), collapse (entropy
+below a threshold and not increasing over a full window of rounds), and from the labels drawn so far the estimate
 
     P_hat[i, j] = wins(i over j) / comparisons(i, j)     (1/2 where i and j were never compared)
 
@@ -70,6 +72,13 @@ def stability(P: np.ndarray, alpha: float, beta: float, lam: float) -> dict:
     return out
 
 
+def _turns(traj: np.ndarray) -> bool:
+    """Some coordinate of a [T, K] trajectory changes direction (beyond rounding)."""
+    d = np.diff(traj, axis=0)
+    d = np.where(np.abs(d) > 1e-12, np.sign(d), 0.0)
+    return bool(np.any((d[1:] * d[:-1]) < 0))
+
+
 def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: PreferenceCounts, alpha: float, beta: float,
                   lam: float, window: int, collapse_entropy: float, oscillation_threshold: float) -> tuple[dict, list[str]]:
     """(metrics row, warnings) for the state after round t (``trajectory[r][x]``: pi of prompt x
@@ -85,9 +94,17 @@ def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: Preference
         hist = np.array([entropy(state[x]) for state in trajectory[-window:]])
         collapsed.append(bool(full and ent[x] < collapse_entropy and np.all(np.diff(hist) <= 1e-12)))
     stab = [stability(counts.p_hat(x), alpha, beta, lam) for x in range(X)]
+    # A rotation turns some candidate's mass around inside the window; a drift to a vertex moves every
+    # mass monotonically (and the entropy down): it has cycle strength too but is no oscillation.
+    turning = [full and _turns(np.stack([state[x] for state in trajectory[-window:]])) for x in range(X)]
+    entropy_falls = []
+    for x in range(X):
+        hist = np.array([entropy(state[x]) for state in trajectory[-window:]])
+        entropy_falls.append(full and bool(np.all(np.diff(hist) < 0) and hist[0] - hist[-1] > collapse_entropy))
     bounds = np.array([s["contraction_bound"] for s in stab])
     instab = [s["cycle_instability"] for s in stab if "cycle_instability" in s]
-    oscillating = [full and s > oscillation_threshold for s in strengths]
+    oscillating = [s > oscillation_threshold and turn for s, turn in zip(strengths, turning)]
+    collapsing = [not turn and falls and not c for turn, falls, c in zip(turning, entropy_falls, collapsed)]
     row = {
         "online/round": t,
         "online/entropy": float(ent.mean()),
@@ -96,6 +113,7 @@ def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: Preference
         "online/cycle_strength_max": float(np.max(strengths)),
         "online/collapsed_prompts": int(sum(collapsed)),
         "online/oscillating_prompts": int(sum(oscillating)),
+        "online/collapsing_prompts": int(sum(collapsing)),
         "online/p_hat_norm": float(np.mean([s["p_norm"] for s in stab])),
         "online/p_hat_norm_max": float(np.max([s["p_norm"] for s in stab])),
         "online/contraction_bound_max": float(bounds.max()),
@@ -117,6 +135,9 @@ def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: Preference
     if any(oscillating):
         warnings.append(f"round {t}: {sum(oscillating)} prompt(s) oscillating (cycle strength over {window} rounds "
                         f"up to {max(strengths):.3g})")
+    if any(collapsing):
+        warnings.append(f"round {t}: {sum(collapsing)} prompt(s) collapsing (every mass monotone and the entropy "
+                        f"falling by more than {collapse_entropy} nats over {window} rounds)")
     if any(collapsed):
         warnings.append(f"round {t}: {sum(collapsed)} prompt(s) collapsed (entropy < {collapse_entropy} nats)")
     row["online/warnings"] = warnings
