@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pluralign.rl.cli import register as register_rl  # pluralign rm | rl
 
     register_rl(sub)
+    __import__("pluralign.online.cli", fromlist=["register"]).register(sub)  # pluralign online
     from pluralign.data.validate import add_validate_parser
 
     add_validate_parser(sub)
