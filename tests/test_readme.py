@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -73,6 +74,12 @@ def test_shell_commands_parse_and_their_recipes_load():
     parser = build_parser()
     for words in commands:
         args = parser.parse_args(words)
+        if words[0] in ("rm", "rl", "online"):  # their own config types: the recipe must exist and be YAML
+            assert (ROOT / args.recipe).is_file(), words
+            assert isinstance(yaml.safe_load((ROOT / args.recipe).read_text()), dict), words
+            continue
+        if not hasattr(args, "recipe"):  # eval: a model, no recipe
+            continue
         recipe = args.recipe if words[0] == "train" else (args.recipe or [None])[0]
         overrides = args.overrides if words[0] == "train" else (args.recipe or [None])[1:]
         if recipe is not None:

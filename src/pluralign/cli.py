@@ -39,9 +39,9 @@ def _train(args) -> int:
 
 
 def _demo(args) -> int:
-    from pluralign.demo import run_demo
+    from pluralign.demo import run_studies
 
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_studies(args.out, [args.study] if args.study != "all" else None, quick=args.quick, seed=args.seed)
     return 0
 
 
@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. objective.beta=0.2")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("demo", help="SFT, DPO and RPO on the built-in world, with the exact answer and a report")
+    p = sub.add_parser("demo", help="the studies on built-in worlds, each next to the lab's exact answer, with reports")
+    p.add_argument("study", nargs="?", default="all", choices=["all", "preference", "dynamics"],
+                   help="preference: SFT, DPO and RPO against the exact optima; dynamics: iterative IPO "
+                        "converging, oscillating and collapsing against the lab's trajectories (default: all)")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a shorter run (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)

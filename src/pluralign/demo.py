@@ -247,3 +247,30 @@ def _report(s: dict, runs: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _dynamics_study(out: Path, quick: bool, seed: int) -> dict:
+    from pluralign.online.demo_study import run_dynamics_study
+
+    result = run_dynamics_study(out, quick=quick, seed=seed)
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# Each study writes its own report into its folder; `pluralign demo` runs them all and links them.
+STUDIES = {
+    "preference": ("report.md", lambda out, quick, seed: run_demo(out, quick=quick, seed=seed)),
+    "dynamics": ("dynamics/dynamics.md", lambda out, quick, seed: _dynamics_study(out / "dynamics", quick, seed)),
+}
+
+
+def run_studies(out_dir: str | Path = "runs/demo", names=None, quick: bool = False, seed: int = 0) -> dict:
+    """Run the named studies (all by default) into ``out_dir`` and write ``index.md`` linking their reports."""
+    out = Path(out_dir)
+    names = list(STUDIES) if not names else list(names)
+    results = {name: STUDIES[name][1](out, quick, seed) for name in names}
+    lines = ["# pluralign demo", "", *[f"- [{name}]({STUDIES[name][0]})" for name in names], ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.md").write_text("\n".join(lines))
+    print(f"index: {out / 'index.md'}")
+    return results

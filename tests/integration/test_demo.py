@@ -24,6 +24,12 @@ def test_demo_quick_writes_a_report_with_computed_numbers(tmp_path):
     for name in ("report.md", "minority_mass.png", "chosen_logps.png"):
         assert (out / name).stat().st_size > 0
     exact = summary["exact"]
+    # every study ran and is linked from the index; the dynamics study's monitor agrees with the lab
+    index = (out / "index.md").read_text()
+    assert "report.md" in index and "dynamics/dynamics.md" in index
+    dynamics = json.loads((out / "dynamics" / "summary.json").read_text())
+    assert [s["expect"] for s in dynamics["settings"]] == ["converged", "oscillating", "collapsed"]
+    assert [s["monitor"] for s in dynamics["settings"]] == [s["expect"] for s in dynamics["settings"]]
     # the population (preference-matching) target keeps the minority's ~1/3 of the mass
     assert 0.3 < exact["target"]["minority_mass"] < 0.36
     # exactly, on the same finite problem, RPO's optimum matches preferences far better than DPO's
