@@ -61,7 +61,12 @@ def test_alpha_0_lambda_0_one_round_is_offline_ipo(tmp_path):
     cfg.train.log_every = 1
     online = train_online(cfg, problem=rps_problem())
     data = _round(tmp_path / "online", 0)
-    records = [PreferenceRecord(PROMPT, (MOVES[w], MOVES[l]), (0, 1)) for w, l in data.rankings]
+    # The data layer skips pairs of identical responses (no preference in them); the round trains on
+    # all N draws, where each such pair adds the constant IPO loss (1/(2 tau))^2 and no gradient.
+    # Weighting the n distinct pairs by n / N gives the offline step exactly the round's gradient.
+    n, N, constant = sum(w != l for w, l in data.rankings), len(data.rankings), (beta / 2) ** 2
+    assert 0 < n < N
+    records = [PreferenceRecord(PROMPT, (MOVES[w], MOVES[l]), (0, 1), weight=n / N) for w, l in data.rankings if w != l]
     off_cfg = RunConfig(model=cfg.model, data=DataConfig(max_length=32, max_prompt_length=24, layout="shared"),
                         objective=ObjectiveConfig(name="ipo", beta=1.0 / beta), optim=cfg.optim,
                         train=TrainConfig(output_dir=str(tmp_path / "offline"), batch_size=len(records), max_steps=steps,
@@ -72,7 +77,8 @@ def test_alpha_0_lambda_0_one_round_is_offline_ipo(tmp_path):
     assert len(on_loss) == len(off_loss) == steps
     assert on_loss[-1] < on_loss[0] - 0.01  # it trained (identical pairs add a constant (1/(2 tau))^2 each)
     # float32 sums in another order and row layout (3 candidates in one row vs pairs), through Adam
-    assert_close_scaled(np.array(on_loss), np.array(off_loss), rel=1e-4)
+    # the round's loss is the mean over all N draws: the weighted distinct pairs plus the constants
+    assert_close_scaled(np.array(on_loss), np.array(off_loss) + (N - n) / N * constant, rel=1e-4)
     tok = load_tokenizer("byte")
     on_logp = score_candidates(online.model, tok, PROMPT, MOVES)
     assert_close_scaled(on_logp, score_candidates(offline.model, tok, PROMPT, MOVES), rel=1e-4)
