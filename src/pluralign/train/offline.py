@@ -31,7 +31,6 @@ It is a short script over the pieces every loop shares (a reward-model or RL loo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,16 +44,15 @@ from pluralign.logprobs import SequenceLogprobs
 from pluralign.objectives import PreferenceLogps, compute_objective
 from pluralign.train.checkpoint import Checkpointer
 from pluralign.train.checks import check_objective_fits_data
-from pluralign.train.config import ConfigError, RunConfig, check_config, to_dict
+from pluralign.train.config import ConfigError, RunConfig
 from pluralign.train.data import batch_order, choose_layout, load_records
 from pluralign.train.metrics import MetricsLogger, StepStats
 from pluralign.train.optim import build_optimizer, build_scheduler
 from pluralign.train.progress import Progress
 from pluralign.train.reference import build_reference, precompute_reference
-from pluralign.train.resume import check_resume
-from pluralign.train.setup import build_policy, build_tokenizer, make_accelerator, open_run_folder
-from pluralign.train.shard import shard_batches
+from pluralign.train.setup import build_policy, build_tokenizer
 from pluralign.train.step import StepDriver
+from pluralign.train.wiring import evaluate_held_out, start_run
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +97,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     (default :func:`pluralign.train.data.batch_order`); it must depend only on its arguments, or
     resume would land on other batches.
     """
-    check_config(cfg)
-    config = json.loads(json.dumps(to_dict(cfg)))
-    accelerator = make_accelerator(cfg.train)
-    out = open_run_folder(cfg.train, accelerator, config)
-    if cfg.train.resume:
-        check_resume(out, config, accelerator.num_processes)
+    config, accelerator, out = start_run(cfg)
     is_main, device = accelerator.is_main_process, accelerator.device
 
     tokenizer = tokenizer or build_tokenizer(cfg.model)
@@ -215,25 +208,11 @@ def _group_names(data: TokenizedDataset) -> list[str]:
     return [a.split("/", 1)[0] for a in data.annotators]
 
 
-@torch.no_grad()
 def evaluate(cfg, policy, reference, data, collator, accelerator) -> dict:
-    """Held-out metrics (TRL's ``eval_`` prefix) over the whole evaluation set, split across processes
-    and summed, under the training autocast."""
-    stats = StepStats(_group_names(data), accelerator.device)
-    bs = cfg.train.batch_size
-    batches = [list(range(start, min(len(data), start + bs))) for start in range(0, len(data), bs)]
-    policy.eval()
-    t0 = time.perf_counter()
-    for idx, keep in shard_batches(batches, accelerator):
-        batch = collator([data[i] for i in idx], idx).to(accelerator.device)
-        with accelerator.autocast():
-            losses, ex_stats = objective_losses(cfg, policy, reference, batch)
-        if keep:
-            stats.add(losses, batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
-    policy.train()
-    seconds = time.perf_counter() - t0
-    row = stats.reduce(accelerator, seconds)
-    return {**{f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}, "eval_runtime": seconds}
+    """Held-out metrics (TRL's ``eval_`` prefix) of the configured objective over the whole
+    evaluation set, split across processes and summed, under the training autocast."""
+    return evaluate_held_out(lambda batch: objective_losses(cfg, policy, reference, batch), policy, data,
+                             _group_names(data), collator, accelerator, cfg.train.batch_size)
 
 
 def total_training_steps(cfg: RunConfig, num_examples: int, world: int = 1) -> int:

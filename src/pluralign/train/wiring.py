@@ -124,5 +124,6 @@ def evaluate_held_out(losses_fn, module, data, groups, collator, accelerator, ba
         if keep:
             stats.add(losses, batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
     module.train()
-    row = stats.reduce(accelerator, time.perf_counter() - t0)
-    return {f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}
+    seconds = time.perf_counter() - t0
+    row = stats.reduce(accelerator, seconds)
+    return {**{f"eval_{k}": v for k, v in row.items() if not k.endswith("per_second")}, "eval_runtime": seconds}
