@@ -42,17 +42,13 @@ from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedDataset, tokenize_records
 from pluralign.logprobs import SequenceLogprobs
 from pluralign.objectives import PreferenceLogps, compute_objective
-from pluralign.train.checkpoint import Checkpointer
 from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
 from pluralign.train.data import batch_order, choose_layout, load_records
-from pluralign.train.metrics import MetricsLogger, StepStats
-from pluralign.train.optim import build_optimizer, build_scheduler
-from pluralign.train.progress import Progress
+from pluralign.train.metrics import StepStats
 from pluralign.train.reference import build_reference, precompute_reference
 from pluralign.train.setup import build_policy, build_tokenizer
-from pluralign.train.step import StepDriver
-from pluralign.train.wiring import evaluate_held_out, start_run
+from pluralign.train.wiring import evaluate_held_out, start_run, wire_training
 
 log = logging.getLogger(__name__)
 
@@ -125,23 +121,10 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     reference, eval_reference = build_reference(cfg, accelerator, model, tokenizer, [data, eval_data], collator, out,
                                                 precompute=precompute_reference)
 
-    optimizer = build_optimizer(policy.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    checkpointer = Checkpointer(accelerator, policy, out, cfg.train.keep_checkpoints, export=lambda m: m.model,
-                                prefix="model.")
-    driver = StepDriver(accelerator, policy, optimizer, scheduler, cfg.optim.max_grad_norm, cfg.train.max_nonfinite_steps)
-    state = checkpointer.resume() if cfg.train.resume else None
-    start_step = state["step"] if state else 0
-    if state:
-        driver.guard.skipped_steps = state.get("skipped_steps", 0)
-        log.info("resumed from step %d", start_step)
-
-    logger = MetricsLogger(out, cfg.train.report_to, is_main, resume_step=start_step if cfg.train.resume else None,
-                           config=config)
-    progress = Progress(total_steps, start_step, cfg.objective.name, cfg.train.progress_bar and is_main,
-                        cfg.train.progress_every)
+    run = wire_training(accelerator, cfg, policy, out, total_steps, config, cfg.objective.name,
+                        export=lambda m: m.model, prefix="model.")
+    policy, checkpointer, driver, start_step = run.module, run.checkpointer, run.driver, run.start_step
+    logger, progress = run.logger, run.progress
     groups = _group_names(data)
     history = []
     rank, world = accelerator.process_index, accelerator.num_processes
