@@ -116,6 +116,8 @@ def test_hh_conversations_render_through_the_chat_template(tok):
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     for ex in data.examples:  # the template's first token once, not doubled as BOS
         assert ex.prompt_ids[0] == im_start and ex.prompt_ids[1] != im_start
+        # each response ends at the template's <|im_end|> (the EOS), once, as generation stops there
+        assert all(r[-1] == tok.eos_token_id and tok.eos_token_id not in r[-3:-1] for r in ex.response_ids)
 
 
 @needs_model

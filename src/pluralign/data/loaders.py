@@ -228,6 +228,7 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                                     reason=error.reason) from None
                 _count_skip(report, error.reason, message)
                 continue
+            object.__setattr__(record, "source", f"{name} row {row_number}")  # a fresh record, not yet shared
             records.append(record)
             row_numbers.append(row_number)
             _count_record(report, record)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Sequence
 
@@ -80,6 +80,8 @@ class PreferenceRecord:
         preference: P(chosen > rejected) in [0, 1] for a pair (1.0 = a hard label; a vote fraction
             or a world's exact P_ij otherwise). Rankings (K > 2) carry 1.0: a soft label has no
             single meaning for them, so any other value is an error.
+        source: where the record came from (``"pairs.jsonl row 12"``), set by the loaders so
+            problems found later (tokenization) name the file row; not part of equality.
 
     Strings must not contain NUL or lone surrogates (invalid Unicode, e.g. from a JSON ``"\\ud800"``
     escape): tokenizers cannot encode them faithfully.
@@ -94,6 +96,7 @@ class PreferenceRecord:
     annotator_id: str | None = None
     weight: float = 1.0
     preference: float = 1.0
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):

@@ -115,7 +115,7 @@ def tokenize_records(
         stub = not prompt
         if stub:
             prompt = [eos]
-        responses = [list(_encode(tokenizer, r)) + [eos] for r in rec.responses]
+        responses = [_response_ids(tokenizer, r, eos) for r in rec.responses]
         longest = max(len(r) for r in responses)
         truncated = False
         if len(prompt) + longest > max_length:
@@ -128,7 +128,7 @@ def tokenize_records(
             responses = [r[:budget] for r in responses]
         reason = _degenerate(responses, truncated)
         if reason is not None:
-            label = labels[i] if labels is not None else f"record {i}"
+            label = labels[i] if labels is not None else rec.source or f"record {i}"
             _skip(out, reason[0], f"{label}: {reason[1]}")
             continue
         out.num_truncated += int(truncated)
@@ -175,6 +175,22 @@ def _skip(out: TokenizedDataset, reason: str, message: str) -> None:
     out.skipped_by_reason[reason] = out.skipped_by_reason.get(reason, 0) + 1
     if len(out.problems) < MAX_PROBLEMS:
         out.problems.append(message)
+
+
+def _response_ids(tokenizer, text: str, eos: int) -> list[int]:
+    """A response's token ids, ending in exactly one EOS.
+
+    A chat template closes the assistant turn with its end token, which is the model's EOS
+    (SmolLM2: ``"...<|im_end|>\n"``). Such a response ends at that token, where generation stops,
+    instead of getting a second EOS after the template's trailing whitespace; any other response
+    gets EOS appended.
+    """
+    ids = _encode(tokenizer, text)
+    if eos in ids:
+        last = len(ids) - 1 - ids[::-1].index(eos)
+        if not tokenizer.decode(ids[last + 1:]).strip():
+            return ids[: last + 1]
+    return ids + [eos]
 
 
 def _encode(tokenizer, text: str) -> list[int]:

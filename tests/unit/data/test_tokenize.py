@@ -80,3 +80,30 @@ def test_nothing_left_and_bad_lengths_are_errors(tok):
     with pytest.raises(PluralignError, match=r"expected 0 < max_prompt_length"):
         tokenize_records(records, tok, max_length=4, max_prompt_length=0)
     assert len(tokenize_records([], tok)) == 0  # no records in, none out: not an error
+
+
+def test_a_response_closed_by_the_template_end_token_gets_no_second_eos(tok):
+    eos = tok.eos_token_id
+    closed = PreferenceRecord.from_pair("p", "ab" + tok.eos_token + "\n", "c" + tok.eos_token)
+    ex = tokenize_records([closed], tok, max_length=64, max_prompt_length=32).examples[0]
+    assert ex.response_ids == ((97, 98, eos), (99, eos))
+    # EOS inside a response, followed by more text, is content: the response still gets its own EOS
+    inner = PreferenceRecord.from_pair("p", "a" + tok.eos_token + "b", "c")
+    ex = tokenize_records([inner], tok, max_length=64, max_prompt_length=32).examples[0]
+    assert ex.response_ids == ((97, eos, 98, eos), (99, eos))
+
+
+def test_tokenization_problems_name_the_file_row(tok, tmp_path):
+    import json
+
+    from pluralign.data.loaders import load_preferences
+
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "p", "chosen": "same-ish a", "rejected": "same-ish b"},
+            {"prompt": "q" * 40, "chosen": "xa", "rejected": "xb"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = load_preferences(path).records
+    assert records[1].source == "pairs.jsonl row 2" and records[1] == PreferenceRecord.from_pair(*rows[1].values())
+    data = tokenize_records(records, tok, max_length=8, max_prompt_length=4)
+    assert data.skipped_by_reason == {"identical_tokens": 1}
+    assert data.problems[0].startswith("pairs.jsonl row 1: responses 0 and 1 are identical")
