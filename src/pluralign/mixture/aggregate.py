@@ -85,10 +85,11 @@ def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: st
     K = run.result["n_types"]
     if importance is not None and (len(importance) != K or any(not c > 0 for c in importance)):
         raise MixtureError(f"importance: expected {K} positive numbers (one per type), got {list(importance)}")
+    if mode == "world" and prompts_file is not None:
+        raise MixtureError("mode 'world' computes exactly on the run's world; --prompts applies to sampled mode")
     world = run.world() if prompts_file is None and mode != "sampled" else None
     if mode == "world" and world is None:
-        raise MixtureError(f"mode 'world': {Path(run_dir) / 'config.json'} has no data.world"
-                           + (" (and --prompts asks for sampling)" if prompts_file else ""))
+        raise MixtureError(f"mode 'world': {Path(run_dir) / 'config.json'} has no data.world")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, num_completions=num_completions, seed=seed)
     prompts_info: dict = {}
     if world is None:
