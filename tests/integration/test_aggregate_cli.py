@@ -37,6 +37,14 @@ def test_world_run_is_aggregated_exactly(world_run):
     np.testing.assert_allclose(out["regret_reward_units"], 0.1 * regret, rtol=1e-12)
     saved = MixturePolicy.from_pretrained(world_run / "aggregate" / "mixture")
     np.testing.assert_allclose(saved.weights, out["weights"]["lp"], rtol=1e-12)
+    # the world's true group regrets: type 1 alone recomputed from its own candidate distributions
+    world = tiny_world()
+    with mix.type_policy(1) as module:
+        dists = candidate_distributions(module, mix.tokenizer, world)
+    for g, name in enumerate(world.group_names):
+        want = np.mean([world.rewards[x][g].max() - world.rewards[x][g] @ dists[x] for x in range(world.n_prompts)])
+        assert out["world_group_regret"]["type_1"][name] == pytest.approx(want, rel=1e-6)
+    assert out["world_worst_group_regret"]["uniform"] == max(out["world_group_regret"]["uniform"].values())
 
 
 def test_eval_scores_the_mixture_folder_exactly(world_run, tmp_path, capsys):

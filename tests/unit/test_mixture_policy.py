@@ -116,8 +116,8 @@ def test_save_and_load_round_trip(mixture, tmp_path):
     assert meta["kind"] == mixture.kind and meta["weights"] == [0.25, 0.75]
     loaded = MixturePolicy.from_pretrained(folder)
     assert loaded.type_names == mixture.type_names and loaded.kind == mixture.kind
-    params = SamplingParams(max_new_tokens=6, num_completions=3, seed=11)
-    ids = prompt_ids(mixture)
+    params = SamplingParams(max_new_tokens=6, num_completions=2, seed=11)
+    ids = prompt_ids(mixture, PROMPTS[:4])
     a, ta = mixture.with_weights([0.25, 0.75]).generate(ids, params)
     b, tb = loaded.generate(ids, params)
     assert ta.tolist() == tb.tolist() and torch.equal(a.token_ids, b.token_ids)

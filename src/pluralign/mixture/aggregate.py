@@ -7,7 +7,8 @@ or on a given prompt file; solves the min-max game by LP and by optimistic Hedge
 
     OUT/regret.json   the log-ratio matrix L, the regret matrix, both weight vectors, the LP value,
                       the worst-case regret of MMRA (LP and Hedge), of every single type policy and of
-                      the uniform mixture, each type's regret under each of them
+                      the uniform mixture, each type's regret under each of them; on a world also the
+                      world's true per-group regret of each of these policies
     OUT/mixture/      the MixturePolicy with the chosen solver's weights (``MixturePolicy.from_pretrained``)
 
 (OUT defaults to RUN_DIR/aggregate.)
@@ -66,6 +67,21 @@ def _json_rows(path: Path) -> list | None:
 
 def distinct(prompts: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(prompts))
+
+
+def world_group_regrets(mixture, world, mixtures: dict) -> dict:
+    """The world's true per-group regret (``evaluate_policy``: max_k r_g(x, k) - E_pi r_g(x, .), mean
+    over prompts, Bradley-Terry reward units) of each ``{name: weights}`` mixture of the type
+    policies, from the exact mixture distribution over each prompt's candidates."""
+    from pluralign.mixture.policy import mixture_logprob
+    from pluralign.worlds import evaluate_policy, renormalise
+
+    per_type = [mixture.candidate_type_logprobs(p, c) for p, c in zip(world.prompts, world.candidates)]
+    out = {}
+    for name, w in mixtures.items():
+        dists = [renormalise(mixture_logprob(lp, np.asarray(w, dtype=float))) for lp in per_type]
+        out[name] = evaluate_policy(world, dists)["mean"]["regret"]
+    return out
 
 
 def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: str = "reward",
@@ -145,6 +161,12 @@ def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: st
         "lp_hedge_max_abs_diff": float(np.max(np.abs(np.subtract(solved["weights"]["lp"], solved["weights"]["hedge"])))),
         "mixture": {"path": "mixture", "weights": chosen, "solver": solver},
     }
+    if world is not None:
+        policies = {"mmra_lp": solved["weights"]["lp"], "mmra_hedge": solved["weights"]["hedge"],
+                    "uniform": np.full(K, 1.0 / K), **{n: np.eye(K)[k] for k, n in enumerate(mixture.type_names)}}
+        groups = world_group_regrets(mixture, world, policies)
+        result["world_group_regret"] = groups
+        result["world_worst_group_regret"] = {name: max(r.values()) for name, r in groups.items()}
     (out / "regret.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
