@@ -127,7 +127,9 @@ def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: st
         prompts_info = {"source": source, "n_distinct": len(unique), "n_used": min(len(unique), max_prompts)}
         prompts = unique[:max_prompts]
 
-    mixture = run.mixture()
+    import torch
+
+    mixture = run.mixture().to("cuda" if torch.cuda.is_available() else "cpu")
     if world is not None:
         ratios = world_log_ratios(mixture, world)
         prompts_info = {"source": f"world {run.config['data']['world']['name']!r} (exact, candidate sets)",
