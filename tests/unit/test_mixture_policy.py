@@ -15,7 +15,7 @@ from pluralign.logprobs import score_candidates
 from pluralign.mixture import MixtureError, MixturePolicy
 from pluralign.models import load_model
 from pluralign.rl.scoring import encode_prompt
-from pluralign.worlds import renormalise, tiny_world
+from pluralign.worlds import tiny_world
 
 PROMPTS = ["Q: Tea or coffee?\nA:", "Q: Cat or dog?\nA:", "Hi", "Tell me a story:", "x", "Say:"]
 
@@ -160,5 +160,6 @@ def test_bad_em_run_is_refused_naming_file_and_key(run, tmp_path, edit, message)
 
 def test_weights_are_checked():
     with pytest.raises(MixtureError, match="weights: expected 2 non-negative numbers"):
-        MixturePolicy.__new__(MixturePolicy).__init__(None, None, ["a", "b"], [1.5, -0.5], kind="full",
-                                                      type_models=[torch.nn.Linear(1, 1)] * 2)
+        MixturePolicy(None, None, ["a", "b"], [1.5, -0.5], kind="full", type_models=[torch.nn.Linear(1, 1)] * 2)
+    with pytest.raises(MixtureError, match="kind 'lora': the model holds no adapter named"):
+        MixturePolicy(torch.nn.Linear(1, 1), None, ["a"], [1.0], kind="lora")
