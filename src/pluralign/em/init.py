@@ -43,6 +43,8 @@ def read_features(path: str | Path) -> dict[str, np.ndarray]:
         text = path.read_text()
         try:
             data = json.loads(text)
+            if isinstance(data, dict) and "annotator_id" in data:  # a one-row JSONL file
+                data = [data]
             items = list(data.items()) if isinstance(data, dict) else [(r.get("annotator_id"), r.get("features"))
                                                                         for r in data]
         except json.JSONDecodeError:
@@ -100,11 +102,12 @@ def random_gamma(n_annotators: int, n_types: int, rng: np.random.Generator) -> n
 
 
 def split_halves(annotator: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Half (0 or 1) of every record: each annotator's records in a seeded random order, alternating,
-    so the halves of an annotator differ in size by at most one (a single vote lands in one half)."""
+    """Half (0 or 1) of every record: each annotator's records in a seeded random order, alternating
+    from a random first half, so the halves of an annotator differ in size by at most one (a single
+    vote lands in either half with probability 1/2)."""
     annotator = np.asarray(annotator)
     half = np.zeros(annotator.size, dtype=int)
     for a in np.unique(annotator):
         rows = np.flatnonzero(annotator == a)
-        half[rng.permutation(rows)] = np.arange(rows.size) % 2
+        half[rng.permutation(rows)] = (np.arange(rows.size) + rng.integers(2)) % 2
     return half

@@ -116,7 +116,6 @@ def _sub_config(cfg: EMRunConfig, out: Path, k: int) -> RunConfig:
     sub.train.output_dir = str(out / "mstep" / f"type_{k}")
     sub.train.resume, sub.train.overwrite = False, True
     sub.train.keep_checkpoints = 1
-    sub.train.seed = cfg.train.seed + k
     sub.train.eval_every = None
     sub.data.eval_fraction, sub.data.eval_path = 0.0, None
     sub.reference.cache_dir = str(out / "reference_cache")
