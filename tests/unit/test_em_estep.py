@@ -162,3 +162,19 @@ def test_config_errors_name_the_key():
         check_em_config(load_config(None, ["objective.name=dpo"], cls=EMRunConfig))
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, ["em.typess=2"], cls=EMRunConfig)
+
+
+def test_validate_data_reports_identifiability(tmp_path, capsys):
+    import json
+
+    from pluralign.cli import build_parser
+    from pluralign.data.validate import validate_command
+
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": r.prompt, "chosen": r.responses[0], "rejected": r.responses[1], "annotator_id": r.annotator_id}
+            for r in tiny_world().sample_pairs(12, seed=0, n_per_annotator=1)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert validate_command(build_parser().parse_args(["validate-data", str(path)])) == 0
+    out = capsys.readouterr().out
+    assert "identifiability of annotator types:" in out and "annotators: 12 (0 records without annotator_id)" in out
+    assert "warning: every one of the 12 annotators gave a single binary comparison" in out
