@@ -38,13 +38,13 @@ from transformers import get_scheduler
 from pluralign.logprobs import SequenceLogprobs
 from pluralign.models import load_tokenizer
 from pluralign.objectives import PreferenceLogps, compute_objective
-from pluralign.online.candidates import CandidateTable, renormalised
+from pluralign.online.candidates import CandidateTable
 from pluralign.online.config import OnlineRunConfig, check_online_config
-from pluralign.online.monitor import PreferenceCounts, round_metrics
-from pluralign.online.problem import (JudgeLabeler, MatrixLabeler, OnlineProblem, RewardLabeler, draw_labels,
-                                      import_callable)
-from pluralign.online.reference import geometric_reference
-from pluralign.online.samplers import FROM_POLICY, SamplingContext, build_sampler
+from pluralign.online.freetext import FreeTextSource, ProbeSet, load_prompt_responses
+from pluralign.online.monitor import round_metrics
+from pluralign.online.problem import JudgeLabeler, MatrixLabeler, OnlineProblem, RewardLabeler, import_callable
+from pluralign.online.samplers import FROM_POLICY, build_sampler
+from pluralign.online.sources import CandidateSource, RoundData
 from pluralign.train.checkpoint import latest_checkpoint
 from pluralign.train.config import ConfigError
 from pluralign.train.offline import TrainResult
@@ -64,28 +64,6 @@ class OnlineResult(TrainResult):
     def trajectory(self, x: int = 0) -> np.ndarray:
         """[T + 1, K] candidate distribution of prompt x at the start of every round and at the end."""
         return np.array([row["online/pi"][x] for row in self.rounds])
-
-
-@dataclass
-class RoundData:
-    round: int
-    logp: list[np.ndarray]  # snapshot log pi_t per prompt
-    prompts: np.ndarray  # [N] prompt index of each ranked group
-    rankings: np.ndarray  # [N, m] candidate indices, best first
-    sources: np.ndarray  # [X * n] source code of every draw
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"round": self.round, "logp": [v.tolist() for v in self.logp],
-                                   "prompts": self.prompts.tolist(), "rankings": self.rankings.tolist(),
-                                   "sources": self.sources.tolist()}))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> "RoundData":
-        d = json.loads(path.read_text())
-        return cls(d["round"], [np.array(v) for v in d["logp"]], np.array(d["prompts"], dtype=np.int64),
-                   np.array(d["rankings"], dtype=np.int64), np.array(d["sources"], dtype=np.int64))
 
 
 def load_problem(cfg: OnlineRunConfig) -> OnlineProblem:
@@ -147,33 +125,12 @@ def _resume_step(out: Path) -> int:
     return json.loads((ckpt / "trainer_state.json").read_text())["step"] if ckpt is not None else 0
 
 
-def draw_round(r: int, cfg: OnlineRunConfig, sampler, labeler, logp, pi_0, counts, seed: int) -> RoundData:
-    """Sample and label round r's groups (depends only on the seed, r, the snapshot and counts)."""
-    o = cfg.online
-    rng = np.random.default_rng([seed, r])
-    ctx = SamplingContext([renormalised(v) for v in logp], pi_0, [counts.p_hat(x) for x in range(len(logp))])
-    prompts, rankings, sources = [], [], []
-    for x in range(len(logp)):
-        idx, src = sampler.draw(x, o.responses_per_prompt, ctx, rng)
-        ranked, _ = draw_labels(labeler, x, idx.reshape(-1, o.group_size), rng)
-        prompts.append(np.full(ranked.shape[0], x))
-        rankings.append(ranked)
-        sources.append(src)
-    return RoundData(r, logp, np.concatenate(prompts), np.concatenate(rankings), np.concatenate(sources))
-
-
-def _padded(values: list[np.ndarray], device) -> torch.Tensor:
-    out = torch.zeros(len(values), max(v.size for v in values), dtype=torch.float32)
-    for x, v in enumerate(values):
-        out[x, : v.size] = torch.as_tensor(v, dtype=torch.float32)
-    return out.to(device)
-
-
 def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: OnlineProblem | None = None,
                  labeler=None, instance_rule=None) -> OnlineResult:
     """Run the online loop as configured. ``problem`` (prompts, candidates, preferences), ``labeler``
-    (an object with ``matrix(x)``) and ``instance_rule`` (``(P_hat, pi_0) -> mu``) replace the
-    configured ones; ``model``/``tokenizer`` replace ``model.name``/``model.tokenizer``."""
+    (candidates: an object with ``matrix(x)``; free text: with ``probabilities(prompt, texts, i, j)``)
+    and ``instance_rule`` (``(P_hat, pi_0) -> mu``) replace the configured ones;
+    ``model``/``tokenizer`` replace ``model.name``/``model.tokenizer``."""
     if problem is None:
         check_online_config(cfg)
     else:
@@ -187,42 +144,45 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
     tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     problem = problem or load_problem(cfg)
     labeler = labeler or build_labeler(cfg, problem, tokenizer, device)
-    table = CandidateTable(tokenizer, problem.prompts, problem.candidates, cfg.data.max_length, cfg.data.max_prompt_length)
     beta_pref = 1.0 / cfg.objective.beta  # the lab's preference strength (IPO: 1/tau)
     sampler = build_sampler(o, beta_pref, instance_rule)
+    generate = o.responses == "generate"
+    probe = pool = None
+    if generate:  # every file and table is checked before the model is built
+        probe, pool = free_text_inputs(cfg, problem, tokenizer, labeler)
+    else:
+        table = CandidateTable(tokenizer, problem.prompts, problem.candidates, cfg.data.max_length,
+                               cfg.data.max_prompt_length)
 
     model = build_policy(cfg.model, tokenizer, model).to(device)
     scorer = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
     state_dir = out / "online"
-    initial_path = state_dir / "initial.json"
-    if cfg.train.resume and initial_path.exists():
-        logp_ref = [np.array(v) for v in json.loads(initial_path.read_text())["logp"]]
+    if generate:
+        reference = frozen_initial_model(cfg, accelerator, model, tokenizer, out)
     else:
-        logp_ref = table.snapshot(scorer, device)  # the initial weights: log pi_ref and pi_0
-        if is_main:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            initial_path.write_text(json.dumps({"logp": [v.tolist() for v in logp_ref]}))
+        logp_ref = initial_snapshot(cfg, table, scorer, device, state_dir, is_main)
     run = wire_training(accelerator, cfg, scorer, out, total_steps, config, f"online/{cfg.objective.name}",
                         export=lambda m: m.model, prefix="model.")
     if o.per_round_schedule:
         restart_schedule_each_round(run.scheduler, run.optimizer, cfg.optim, S)
     scorer = run.module
-    pi_0 = [renormalised(v) if o.initial == "policy" else np.full(v.size, 1.0 / v.size) for v in logp_ref]
-    counts = PreferenceCounts(table.sizes)
+    if generate:
+        source = FreeTextSource(cfg, tokenizer, problem.prompts, sampler, labeler, accelerator.unwrap_model(scorer).model,
+                                reference, probe, pool)
+    else:
+        source = CandidateSource(cfg, table, sampler, labeler, logp_ref)
     trajectory, rounds = [], []
     # uniform and instance samplers do not read pi_t: no sampler feedback, lambda = 0 in the lab's criteria
     monitor = dict(alpha=o.alpha, beta=beta_pref, lam=o.lam if o.sampler == "mixture" else 0.0, window=o.window,
                    collapse_entropy=o.collapse_entropy, oscillation_threshold=o.oscillation_threshold)
 
     def observe(data: RoundData, log_row: bool) -> None:
-        trajectory.append([renormalised(v) for v in data.logp])
-        for x in range(len(table)):
-            counts.add(x, data.rankings[data.prompts == x])
-        row, warnings = round_metrics(data.round, trajectory, counts, **monitor)
+        state, p_hats, labelled = source.observe(data)
+        trajectory.append(state)
+        row, warnings = round_metrics(data.round, trajectory, p_hats, labelled, **monitor)
         if data.sources.size:  # the final state has no draws
             row["online/from_policy_fraction"] = float(np.mean(data.sources == FROM_POLICY))
-            row["online/identical_pairs"] = float(np.mean(data.rankings[:, 0] == data.rankings[:, 1]))
-        row = {"step": data.round * S, **row}
+        row = {"step": data.round * S, **row, **data.stats}
         rounds.append(row)
         if log_row:
             for w in warnings:
@@ -233,7 +193,7 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
     start_round, mid = divmod(run.start_step, S)
     for r in range(start_round + (1 if mid else 0)):  # replay the monitor over the finished rounds
         observe(RoundData.load(state_dir / f"round-{r:06d}.json"), log_row=False)
-    data, ref_t = None, None
+    data, view = None, None
     if mid:
         data = RoundData.load(state_dir / f"round-{start_round:06d}.json")
     bs, accum, world, rank = cfg.train.batch_size, cfg.train.grad_accum, accelerator.num_processes, accelerator.process_index
@@ -242,30 +202,30 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
     for step in range(run.start_step, total_steps):
         r, j = divmod(step, S)
         if data is None or data.round != r:
-            data = draw_round(r, cfg, sampler, labeler, table.snapshot(scorer, device), pi_0, counts, cfg.train.seed)
+            data = source.draw(r, scorer, device)
             if is_main:
+                state_dir.mkdir(parents=True, exist_ok=True)
                 data.save(state_dir / f"round-{r:06d}.json")
             accelerator.wait_for_everyone()
             observe(data, log_row=True)
-        if ref_t is None or order is None or order[0] != r:
-            ref_t = _padded([geometric_reference(torch.as_tensor(a), torch.as_tensor(b), o.alpha).numpy()
-                             for a, b in zip(data.logp, logp_ref)], device)
-            n = len(data.prompts)
+        if view is None or order is None or order[0] != r:
+            view = source.view(data, device)
+            n = data.num_groups
             order = (r, torch.randperm(n, generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + r)).numpy())
         perm, n = order[1], len(order[1])
         micro = [perm[(j * gb + (m * world + rank) * bs + np.arange(bs)) % n] for m in range(accum)]
         sums = {k: 0.0 for k in STAT_KEYS}
 
         def micro_loss(idx):
-            xs = data.prompts[idx]
-            uniq, inv = np.unique(xs, return_inverse=True)
-            logp, ntok = table.logps(scorer, uniq.tolist(), device)
+            rows = view.rows[idx]
+            uniq, inv = np.unique(rows, return_inverse=True)
+            logp, ntok = view.table.logps(scorer, uniq.tolist(), device)
             inv_t = torch.as_tensor(inv, device=device)
-            ranked = torch.as_tensor(data.rankings[idx], device=device)
-            B, m_size = ranked.shape
-            inputs = PreferenceLogps(policy=logp[inv_t].gather(1, ranked),
-                                     reference=ref_t[torch.as_tensor(xs, device=device)].gather(1, ranked),
-                                     num_tokens=ntok[inv_t].gather(1, ranked),
+            cols = torch.as_tensor(np.ascontiguousarray(view.columns[idx]), device=device)
+            B, m_size = cols.shape
+            inputs = PreferenceLogps(policy=logp[inv_t].gather(1, cols),
+                                     reference=view.reference[torch.as_tensor(rows, device=device)].gather(1, cols),
+                                     num_tokens=ntok[inv_t].gather(1, cols),
                                      ranking=torch.arange(m_size, device=device).expand(B, m_size),
                                      num_ranked=torch.full((B,), m_size, device=device),
                                      response_mask=torch.ones(B, m_size, dtype=torch.bool, device=device))
@@ -282,9 +242,7 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
         logged = done % cfg.train.log_every == 0 or done == total_steps
         run.record(row, done, total_steps, logged, tokenizer, S)
     if not rounds or rounds[-1]["online/round"] < o.rounds:  # the final state
-        final = RoundData(o.rounds, table.snapshot(scorer, device), np.zeros(0, dtype=np.int64),
-                          np.zeros((0, o.group_size), dtype=np.int64), np.zeros(0, dtype=np.int64))
-        observe(final, log_row=True)
+        observe(source.final(o.rounds, scorer, device), log_row=True)
     if o.plot and is_main:
         from pluralign.online.plots import plot_run
 
@@ -293,6 +251,52 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
     run.close()
     unwrapped = accelerator.unwrap_model(scorer).model
     return OnlineResult(out, total_steps, run.history, unwrapped, tokenizer, "shared", rounds=rounds)
+
+
+def initial_snapshot(cfg, table: CandidateTable, scorer, device, state_dir: Path, is_main: bool) -> list[np.ndarray]:
+    """log pi_ref (and pi_0) on the candidates: the initial weights', stored once for resumes."""
+    path = state_dir / "initial.json"
+    if cfg.train.resume and path.exists():
+        return [np.array(v) for v in json.loads(path.read_text())["logp"]]
+    logp_ref = table.snapshot(scorer, device)
+    if is_main:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"logp": [v.tolist() for v in logp_ref]}))
+    return logp_ref
+
+
+def frozen_initial_model(cfg, accelerator, model, tokenizer, out: Path):
+    """The initial policy, frozen, scored live (a copy, or with LoRA the policy with adapters off)."""
+    from dataclasses import replace
+
+    from pluralign.train.reference import build_reference
+
+    live_cfg = replace(cfg, reference=replace(cfg.reference, precompute=False))
+    (reference,) = build_reference(live_cfg, accelerator, model, tokenizer, [[]], None, out)
+    return reference
+
+
+def free_text_inputs(cfg, problem: OnlineProblem, tokenizer, labeler):
+    """(probe set, offline pool per prompt or None), from the recipe or the problem's candidate sets."""
+    o = cfg.online
+    if not hasattr(labeler, "probabilities"):
+        raise ConfigError(f"online.responses = 'generate': the labeler ({type(labeler).__name__}) cannot label free "
+                          "text (it needs probabilities(prompt, texts, i, j): a judge or a reward model)")
+    items = (load_prompt_responses(o.probe, "online.probe", 2) if o.probe is not None
+             else list(zip(problem.prompts, problem.candidates)))
+    probe = ProbeSet(tokenizer, items, cfg.data.max_length, cfg.data.max_prompt_length, labeler)
+    pool = None
+    if o.initial == "pool":
+        pairs = (load_prompt_responses(o.pool, "online.pool", 1) if o.pool is not None
+                 else list(zip(problem.prompts, problem.candidates)))
+        by_prompt: dict[str, list[str]] = {}
+        for p, rs in pairs:
+            by_prompt.setdefault(p, []).extend(rs)
+        missing = [p for p in problem.prompts if p not in by_prompt]
+        if missing:
+            raise ConfigError(f"online.pool: no responses for {len(missing)} prompt(s), e.g. {missing[0][:60]!r}")
+        pool = [by_prompt[p] for p in problem.prompts]
+    return probe, pool
 
 
 def check_online_config_without_source(cfg: OnlineRunConfig) -> None:
