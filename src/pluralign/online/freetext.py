@@ -72,6 +72,11 @@ def load_prompt_responses(spec, key: str, min_responses: int) -> list[tuple[str,
     return out
 
 
+def draw_seed(seed: int, r: int, x: int, code: int) -> int:
+    """The generator's seed for round r's draws of prompt x from source ``code``."""
+    return ((seed * 1_000_003 + r) * 65_537 + x) * 2 + code
+
+
 class ProbeSet:
     """Fixed prompts and responses the monitor scores every round (candidate tables are exact)."""
 
@@ -129,7 +134,7 @@ class FreeTextSource:
                 if which == "initial" and o.initial == "pool":
                     got = [self.pool[x][i] for i in rng.integers(0, len(self.pool[x]), size=at.size)]
                 else:
-                    got, s, c = self._generate(which, x, at.size, seed=((seed * 1_000_003 + r) * 65_537 + x) * 2 + code)
+                    got, s, c = self._generate(which, x, at.size, draw_seed(seed, r, x, code))
                     same += s
                     clipped += c
                 for i, t in zip(at, got):
