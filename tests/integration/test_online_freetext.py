@@ -163,3 +163,19 @@ def test_free_text_resume_equals_uninterrupted(tmp_path, save_every):
     assert _round(tmp_path / "cut", 2).texts == _round(tmp_path / "whole", 2).texts
     for (name, a), (_, b) in zip(resumed.model.state_dict().items(), whole.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_offline_pool_draws(tmp_path):
+    """initial = pool: the draws not from the policy are the pool's texts, drawn uniformly."""
+    from pluralign.online.samplers import FROM_POOL
+
+    cfg = freetext_config(tmp_path, lam=0.25, rounds=1, steps=1, responses=40)
+    cfg.online.initial = "pool"
+    cfg.online.pool = [{"prompt": p, "responses": [" yes", " no"]} for p in PROBLEM.prompts]
+    result = train_online(cfg, problem=PROBLEM, labeler=JudgeLabeler(None, longer_wins))
+    data = _round(tmp_path, 0)
+    src = data.sources.reshape(2, -1)
+    assert set(np.unique(src)) == {FROM_POLICY, FROM_POOL}
+    pooled = [t for x in range(2) for t, s in zip(data.texts[x], src[x]) if s == FROM_POOL]
+    assert set(pooled) == {" yes", " no"} and abs(pooled.count(" yes") - len(pooled) / 2) < 4 * np.sqrt(len(pooled) / 4)
+    assert result.rounds[0]["online/from_policy_fraction"] == float(np.mean(src == FROM_POLICY))

@@ -90,6 +90,8 @@ def build_labeler(cfg: OnlineRunConfig, problem: OnlineProblem, tokenizer, devic
     from pluralign.reward_model import load_reward_model
     from pluralign.rl.rewards import ModelReward, WeightedRewards
 
+    if (Path(o.reward_model) / "tokenizer_config.json").is_file():  # `pluralign rm` saves the model's own tokenizer
+        tokenizer = load_tokenizer(o.reward_model)
     model = load_reward_model(o.reward_model, tokenizer).to(device).eval()
     return RewardLabeler(problem, WeightedRewards([ModelReward(model, tokenizer)]))
 
