@@ -23,19 +23,11 @@ from pluralign.rl.rewards import ModelReward
 from pluralign.train.config import DataConfig, ObjectiveConfig, RunConfig, TrainConfig
 from pluralign.train.offline import train
 from pluralign.worlds import tiny_world
-from test_online_freetext import PROBLEM, freetext_config
+from test_online_freetext import PROBLEM, freetext_config, one_thread  # noqa: F401 (one thread, autouse)
 from tolerance import assert_close_scaled
 
 TOK = load_tokenizer("byte")
 WORLD = tiny_world()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny LM is faster on one thread
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

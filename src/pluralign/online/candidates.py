@@ -29,8 +29,8 @@ class ResponseTable:
         self.sizes = [len(ex.response_ids) for ex in self.examples]
         self.collator = Collator(pad_id, "shared")
 
-    @classmethod
-    def from_texts(cls, tokenizer, prompts: list[str], responses: list[list[str]], max_prompt_length: int):
+    @staticmethod
+    def from_texts(tokenizer, prompts: list[str], responses: list[list[str]], max_prompt_length: int):
         """Responses tokenized as the data layer does (EOS closing each), prompts cut from the left to
         ``max_prompt_length`` tokens as the generator sees them; duplicates and any length allowed."""
         eos = tokenizer.eos_token_id
@@ -39,7 +39,7 @@ class ResponseTable:
             ids = tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]) for t in texts)
             examples.append(TokenizedExample(tuple(encode_prompt(tokenizer, p)[-max_prompt_length:]), ids,
                                              tuple(range(len(ids)))))
-        return cls(examples, tokenizer.pad_token_id)
+        return ResponseTable(examples, tokenizer.pad_token_id)
 
     def __len__(self) -> int:
         return len(self.examples)

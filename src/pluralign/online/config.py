@@ -44,7 +44,8 @@ class OnlineConfig:
     # well above the sampling noise of a few thousand draws per round (about 1e-3), well below a real cycle (0.1)
     oscillation_threshold: float = 0.01
     plot: bool = True  # write online_dynamics.png at the end
-    # responses = generate: sampling (the generator's SamplingParams; log-probs are always the model's own)
+    # responses = generate: sampling (the generator's SamplingParams; log-probs are always the model's own).
+    # Prompts are cut from the left to data.max_prompt_length tokens; generated responses are never truncated.
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0

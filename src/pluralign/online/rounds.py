@@ -65,7 +65,8 @@ class OnlineResult(TrainResult):
     rounds: list[dict] = field(default_factory=list)  # monitor rows, rounds 0..T (T = the final state)
 
     def trajectory(self, x: int = 0) -> np.ndarray:
-        """[T + 1, K] candidate distribution of prompt x at the start of every round and at the end."""
+        """[T + 1, K] candidate distribution of prompt x (on free text: of probe prompt x's responses)
+        at the start of every round and at the end."""
         return np.array([row["online/pi"][x] for row in self.rounds])
 
 
