@@ -11,9 +11,10 @@ Bradley-Terry) ranks each group.
 
 A drawn response is kept as its text: the loop trains on the text as the data layer tokenizes it
 (EOS closing it), which is what the labeler judged and what offline training on the stored texts
-would read. Where that differs from the generated token ids (a response clipped at
-``online.max_new_tokens`` gains an EOS it never sampled; a decoding that does not re-encode to the
-same ids) the monitor row counts it (``online/clipped_ratio``, ``online/retokenized_fraction``).
+would read. Where that differs from the generated token ids the monitor row counts it: a response
+clipped at ``online.max_new_tokens`` gains an EOS it never sampled (``online/clipped_ratio``), and a
+decoding that does not re-encode to the generated tokens (bytes that are no valid UTF-8, special
+tokens dropped, another split) is trained as its text's tokens (``online/retokenized_fraction``).
 
 Each group becomes one shared-prefix row, responses best first; ``log pi_t`` (the policy at the
 round's start, no grad) and ``log pi_ref`` (the frozen initial model) of its responses are scored
@@ -109,17 +110,18 @@ class FreeTextSource:
         return peft.disable_adapter() if peft is not None else nullcontext()
 
     def _generate(self, which: str, x: int, n: int, seed: int):
-        """(texts, generated ids re-encoded identically, clipped) of n completions of prompt x."""
+        """(texts, whether each text re-encodes to its generated tokens, whether each was clipped) of n
+        completions of prompt x."""
         if n == 0:
             return [], [], []
         gen = self.policy if which == "policy" else self.initial
         with self._reference_off() if which == "initial" else nullcontext():
             out = gen.generate([self.prompt_ids[x]], SamplingParams(num_completions=n, seed=seed, **self.params))
         texts = out.texts(self.tokenizer)
-        eos = self.tokenizer.eos_token_id
-        same = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] == ids
-                for t, ids in zip(texts, out.completion_ids())]
-        return texts, same, [r == "length" for r in out.finish_reasons]
+        stopped = [r == "stop" for r in out.finish_reasons]
+        same = [self.tokenizer(t, add_special_tokens=False)["input_ids"] == (ids[:-1] if stop else ids)
+                for t, ids, stop in zip(texts, out.completion_ids(), stopped)]  # the text's tokens, end aside
+        return texts, same, [not stop for stop in stopped]
 
     def draw(self, r: int, scorer, device) -> RoundData:
         """Generate, label and score round r (depends only on the seed, r and the round's weights)."""
