@@ -150,10 +150,14 @@ class TransformersGenerator:
 
     @property
     def _cache_kwarg(self) -> str:
-        # transformers renamed the forward's cache argument (past_key_values -> cache)
+        # transformers renamed the forward's cache argument (past_key_values -> cache); a peft wrapper
+        # passes keyword arguments through, so ask the model under it
         import inspect
 
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        from pluralign.models import unwrap_peft
+
+        forward = unwrap_peft(self.model).forward
+        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> Completions:

@@ -123,22 +123,22 @@ def test_round_metrics_flag_oscillation_collapse_and_instability():
     counts = PreferenceCounts([3])
     counts.add(0, np.array([[0, 1]] * 8 + [[1, 2]] * 8 + [[2, 0]] * 8 + [[1, 0]] * 2 + [[2, 1]] * 2 + [[0, 2]] * 2))
     rot = [np.roll([0.8, 0.15, 0.05], t) for t in range(6)]
-    row, warnings = round_metrics(5, [[p] for p in rot], counts, alpha=0.5, beta=8.0, lam=1.0, window=5,
+    row, warnings = round_metrics(5, [[p] for p in rot], [counts.p_hat(0)], counts.labelled, alpha=0.5, beta=8.0, lam=1.0, window=5,
                                   collapse_entropy=0.05, oscillation_threshold=0.01)
     assert row["online/oscillating_prompts"] == 1 and row["online/cyclic_prompts"] == 1
     assert row["online/cycle_instability_max"] > 1
     assert any("persistent oscillation" in w for w in warnings)
     assert row["online/p_hat_norm"] == pytest.approx(np.linalg.norm(counts.p_hat(0) - 0.5, 2), rel=1e-12)
     shrinking = [np.array([1 - 2 * e, e, e]) for e in (0.1, 0.03, 0.01, 0.003, 0.001)]
-    row, warnings = round_metrics(4, [[p] for p in shrinking], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
+    row, warnings = round_metrics(4, [[p] for p in shrinking], [counts.p_hat(0)], counts.labelled, alpha=1.0, beta=2.0, lam=1.0, window=5,
                                   collapse_entropy=0.05, oscillation_threshold=0.01)
     assert row["online/collapsed_prompts"] == 1 and any("collapsed" in w for w in warnings)
     assert row["online/oscillating_prompts"] == 0  # a monotone drift is no oscillation
     drifting = [np.array([1 - 2 * e, e, e]) for e in (0.3, 0.25, 0.2, 0.15, 0.1)]
-    row, _ = round_metrics(4, [[p] for p in drifting], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
+    row, _ = round_metrics(4, [[p] for p in drifting], [counts.p_hat(0)], counts.labelled, alpha=1.0, beta=2.0, lam=1.0, window=5,
                            collapse_entropy=0.05, oscillation_threshold=0.01)
     assert (row["online/collapsing_prompts"], row["online/oscillating_prompts"], row["online/collapsed_prompts"]) == (1, 0, 0)
-    row, _ = round_metrics(2, [[p] for p in shrinking[:3]], counts, alpha=1.0, beta=2.0, lam=1.0, window=5,
+    row, _ = round_metrics(2, [[p] for p in shrinking[:3]], [counts.p_hat(0)], counts.labelled, alpha=1.0, beta=2.0, lam=1.0, window=5,
                            collapse_entropy=0.5, oscillation_threshold=0.01)
     assert row["online/collapsed_prompts"] == 0  # fewer rounds than the window: not yet judged
 
@@ -149,7 +149,7 @@ def test_judge_and_reward_labelers_build_the_label_matrix():
     problem = OnlineProblem(["p"], [["short", "longer one", "the longest of all"]])
     judge = JudgeLabeler(problem, lambda prompt, a, b: len(a) > len(b))  # a deterministic judge (bool)
     assert_close_scaled(judge.matrix(0), np.array([[0.5, 0, 0], [1, 0.5, 0], [1, 1, 0.5]]), rel=1e-12)
-    with pytest.raises(ValueError, match="prompt 0, candidates 0 vs 1"):
+    with pytest.raises(ValueError, match="responses 0 vs 1"):
         JudgeLabeler(problem, lambda prompt, a, b: 2.0).matrix(0)
     r = np.array([0.3, -1.0, 2.0])
     rewards = lambda prompts, completions: (r[[problem.candidates[0].index(c) for c in completions]], {})  # noqa: E731

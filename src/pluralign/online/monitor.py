@@ -9,7 +9,8 @@ below a threshold and not increasing over a full window of rounds), and from the
 
     P_hat[i, j] = wins(i over j) / comparisons(i, j)     (1/2 where i and j were never compared)
 
-with ``||P_hat - 1/2||_2`` and the lab's stability criteria at the run's (alpha, beta, lambda):
+with ``||P_hat - 1/2||_2`` (on free text, where responses never repeat, the labeler's own
+probabilities on the probe set's fixed responses take P_hat's place) and the lab's stability criteria at the run's (alpha, beta, lambda):
 the contraction bound ``alpha + (beta lam / 2) ||P - 1/2||_2 < 1`` (sufficient for a unique
 attracting fixed point) and, for three candidates with cyclic majority, the 3-cycle criterion
 ``alpha^2 + a^2 beta^2 lam^2 / 3 > 1`` (oscillation), with ``a`` the cyclic component of P_hat.
@@ -40,6 +41,10 @@ def entropy(pi: np.ndarray) -> float:
 
 class PreferenceCounts:
     """Pairwise win counts per prompt, accumulated from every labelled group."""
+
+    @property
+    def labelled(self) -> bool:
+        return any(w.sum() > 0 for w in self.wins)
 
     def __init__(self, sizes: list[int]):
         self.wins = [np.zeros((K, K)) for K in sizes]
@@ -79,10 +84,13 @@ def _turns(traj: np.ndarray) -> bool:
     return bool(np.any((d[1:] * d[:-1]) < 0))
 
 
-def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: PreferenceCounts, alpha: float, beta: float,
-                  lam: float, window: int, collapse_entropy: float, oscillation_threshold: float) -> tuple[dict, list[str]]:
+def round_metrics(t: int, trajectory: list[list[np.ndarray]], p_hats: list[np.ndarray], labelled: bool, alpha: float,
+                  beta: float, lam: float, window: int, collapse_entropy: float,
+                  oscillation_threshold: float) -> tuple[dict, list[str]]:
     """(metrics row, warnings) for the state after round t (``trajectory[r][x]``: pi of prompt x
-    at the start of round r, r = 0..t)."""
+    at the start of round r, r = 0..t). ``p_hats[x]``: the preference matrix the stability criteria
+    read for prompt x (estimated from the labels, or the labeler's own probabilities on a probe's
+    responses); ``labelled``: whether it holds any information yet (else no stability warnings)."""
     current = trajectory[-1]
     X = len(current)
     ent = np.array([entropy(p) for p in current])
@@ -93,7 +101,7 @@ def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: Preference
         strengths.append(float(cycle_strength(traj, window=traj.shape[0])))
         hist = np.array([entropy(state[x]) for state in trajectory[-window:]])
         collapsed.append(bool(full and ent[x] < collapse_entropy and np.all(np.diff(hist) <= 1e-12)))
-    stab = [stability(counts.p_hat(x), alpha, beta, lam) for x in range(X)]
+    stab = [stability(p_hats[x], alpha, beta, lam) for x in range(X)]
     # A rotation turns some candidate's mass around inside the window; a drift to a vertex moves every
     # mass monotonically (and the entropy down): it has cycle strength too but is no oscillation.
     turning = [full and _turns(np.stack([state[x] for state in trajectory[-window:]])) for x in range(X)]
@@ -125,7 +133,7 @@ def round_metrics(t: int, trajectory: list[list[np.ndarray]], counts: Preference
     if instab:
         row["online/cycle_instability_max"] = float(max(instab))
     warnings = []
-    if counts.wins and any(w.sum() > 0 for w in counts.wins):
+    if labelled:
         if bounds.max() >= 1:
             warnings.append(f"round {t}: contraction bound alpha + beta*lam/2*||P_hat - 1/2|| = {bounds.max():.3f} >= 1 "
                             f"on {(bounds >= 1).sum()} of {X} prompts: the lab's stability guarantee does not hold")

@@ -10,8 +10,10 @@ A label for responses (a, b) of prompt x is a Bernoulli draw with ``Pr(a wins) =
 * :class:`RewardLabeler`: ``p_x(a, b) = sigmoid(r(x, a) - r(x, b))`` (Bradley-Terry reading of a
   reward model or reward functions).
 
-Each labeler exposes the same ``matrix(x)``, the K x K label probabilities of prompt x, so drawing
-labels is one code path (:func:`draw_labels`).
+Each labeler exposes the same ``matrix(x)``, the K x K label probabilities of prompt x's
+candidates; the judge and reward labelers also label free text (``probabilities(prompt, texts, i,
+j)``, the responses a round generated), so a judge is also the way to plug in any preference
+function on text. Drawing labels is one code path (:func:`rank_groups`).
 """
 
 from __future__ import annotations
@@ -81,61 +83,99 @@ class MatrixLabeler:
 
 
 class JudgeLabeler:
-    """``judge(prompt, a, b)`` for every ordered pair, asked once per prompt and pair."""
+    """``judge(prompt, a, b)`` for every ordered pair, asked once per prompt and pair; on free text
+    (:meth:`probabilities`) once per labelled pair."""
 
-    def __init__(self, problem: OnlineProblem, judge):
+    def __init__(self, problem: OnlineProblem | None, judge):
         self.problem, self.judge, self._cache = problem, judge, {}
+
+    def probabilities(self, prompt: str, texts: list[str], i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Pr(texts[i] beats texts[j]) for each pair (i, j), as the judge says."""
+        out = np.empty(len(i))
+        for n, (a, b) in enumerate(zip(i, j)):
+            p = float(self.judge(prompt, texts[a], texts[b]))
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"online.judge: prompt {prompt[:40]!r}, responses {a} vs {b}: expected a probability "
+                                 f"in [0, 1] or a bool, got {p!r}")
+            out[n] = p
+        return out
 
     def matrix(self, x: int) -> np.ndarray:
         if x not in self._cache:
-            prompt, cands = self.problem.prompts[x], self.problem.candidates[x]
-            K = len(cands)
-            P = np.full((K, K), 0.5)
-            for i in range(K):
-                for j in range(i + 1, K):
-                    p = float(self.judge(prompt, cands[i], cands[j]))
-                    if not 0.0 <= p <= 1.0:
-                        raise ValueError(f"online.judge: prompt {x}, candidates {i} vs {j}: expected a probability "
-                                         f"in [0, 1] or a bool, got {p!r}")
-                    P[i, j], P[j, i] = p, 1.0 - p
-            self._cache[x] = P
+            self._cache[x] = pair_matrix(self, self.problem.prompts[x], self.problem.candidates[x])
         return self._cache[x]
 
 
 class RewardLabeler:
-    """Bradley-Terry labels from ``rewards(prompts, completions) -> (scores, parts)`` (the RL loop's
-    :class:`~pluralign.rl.rewards.WeightedRewards`); each candidate is scored once."""
+    """Bradley-Terry labels ``sigmoid(r(x, a) - r(x, b))`` from ``rewards(prompts, completions) ->
+    (scores, parts)`` (the RL loop's :class:`~pluralign.rl.rewards.WeightedRewards`); each candidate,
+    or each drawn text, is scored once."""
 
-    def __init__(self, problem: OnlineProblem, rewards):
-        self.problem, self.rewards, self._cache = problem, rewards, {}
+    def __init__(self, problem: OnlineProblem | None, rewards):
+        self.problem, self.rewards, self._cache, self._last = problem, rewards, {}, (None, None)
+
+    def scores(self, prompt: str, texts: list[str]) -> np.ndarray:
+        key = (prompt, tuple(texts))
+        if self._last[0] != key:
+            scores, _ = self.rewards([prompt] * len(texts), list(texts))
+            self._last = (key, np.asarray([float(s) for s in scores]))
+        return self._last[1]
+
+    def probabilities(self, prompt: str, texts: list[str], i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        r = self.scores(prompt, texts)
+        return 0.5 * (1.0 + np.tanh(0.5 * (r[i] - r[j])))  # sigmoid without overflow
 
     def matrix(self, x: int) -> np.ndarray:
         if x not in self._cache:
-            cands = self.problem.candidates[x]
-            scores, _ = self.rewards([self.problem.prompts[x]] * len(cands), list(cands))
-            r = np.asarray([float(s) for s in scores])
-            z = r[:, None] - r[None, :]
-            self._cache[x] = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+            self._cache[x] = pair_matrix(self, self.problem.prompts[x], self.problem.candidates[x])
         return self._cache[x]
 
 
-def draw_labels(labeler, x: int, groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Rank each group of drawn candidate indices ([n, m]) best first.
+def pair_matrix(labeler, prompt: str, texts: list[str]) -> np.ndarray:
+    """The K x K label probabilities of ``texts`` under a text labeler (1/2 on the diagonal)."""
+    K = len(texts)
+    i, j = np.triu_indices(K, 1)
+    P = np.full((K, K), 0.5)
+    p = labeler.probabilities(prompt, list(texts), i, j)
+    P[i, j], P[j, i] = p, 1.0 - p
+    return P
 
-    Every pair in a group is labelled by one Bernoulli draw; the group is ranked by wins, ties
-    broken uniformly at random (for m = 2 there are no ties: the ranking is the pair's winner
-    first). Returns (rankings [n, m] of candidate indices, number of groups whose ranking needed a
+
+def rank_groups(groups: np.ndarray, win_probability, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Rank each group of response indices ([n, m]) best first.
+
+    Every pair of columns (a, b) of the groups is labelled by one Bernoulli draw with
+    ``win_probability(a, b)`` ([n], Pr(groups[:, a] beats groups[:, b])); the group is ranked by wins,
+    ties broken uniformly at random (for m = 2 there are no ties: the ranking is the pair's winner
+    first). Returns (rankings [n, m] of response indices, number of groups whose ranking needed a
     tie-break).
     """
-    P = labeler.matrix(x)
     n, m = groups.shape
     wins = np.zeros((n, m))
     for a in range(m):
         for b in range(a + 1, m):
-            a_wins = rng.random(n) < P[groups[:, a], groups[:, b]]
+            a_wins = rng.random(n) < win_probability(a, b)
             wins[:, a] += a_wins
             wins[:, b] += ~a_wins
     jitter = rng.random((n, m)) if m > 2 else np.zeros((n, m))
     order = np.lexsort((jitter, -wins), axis=-1)  # by wins (desc), then the random tie-break
     tied = int(sum(len(set(row)) < m for row in wins)) if m > 2 else 0
     return np.take_along_axis(groups, order, axis=1), tied
+
+
+def draw_labels(labeler, x: int, groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """:func:`rank_groups` of candidate indices of prompt x, with the labeler's ``matrix(x)``."""
+    P = labeler.matrix(x)
+    return rank_groups(groups, lambda a, b: P[groups[:, a], groups[:, b]], rng)
+
+
+def draw_text_labels(labeler, prompt: str, texts: list[str], group_size: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """:func:`rank_groups` of free-text responses: consecutive groups of ``group_size`` of ``texts``,
+    each pair asked of the labeler's ``probabilities`` once."""
+    groups = np.arange(len(texts)).reshape(-1, group_size)
+    probs = {}
+    for a in range(group_size):
+        for b in range(a + 1, group_size):
+            probs[a, b] = labeler.probabilities(prompt, texts, groups[:, a], groups[:, b])
+    return rank_groups(groups, lambda a, b: probs[a, b], rng)

@@ -44,8 +44,13 @@ class MixtureSampler:
             raise ValueError(f"lambda must be in [0, 1], got {lam}")
         self.lam = lam
 
+    def sources(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Where each of n draws comes from: :data:`FROM_POLICY` with probability lambda, else
+        :data:`FROM_INITIAL` (the free-text source generates each draw from the model this names)."""
+        return np.where(rng.random(n) < self.lam, FROM_POLICY, FROM_INITIAL)
+
     def draw(self, x: int, n: int, ctx: SamplingContext, rng: np.random.Generator):
-        from_policy = rng.random(n) < self.lam
+        from_policy = self.sources(n, rng) == FROM_POLICY
         idx = np.empty(n, dtype=np.int64)
         k = int(from_policy.sum())
         idx[from_policy] = _draw(ctx.pi_t[x], k, rng)
