@@ -22,7 +22,9 @@ prompt order only on (train.seed, epoch), so a resumed run repeats the uninterru
 Metrics (TRL's names): ``reward`` (mean s), ``reward_std`` (mean over prompts of the std of s over
 the k samples), ``rewards/<function>``, ``kl`` (mean of sum_t log pi/pi_ref, the k1 sequence KL),
 ``entropy`` (mean per-token entropy of the policy at sampling time), ``penalty`` (mean sum_t c_t),
-``completions/mean_length``, ``completions/clipped_ratio``, ``loss``, ``pm_divergence`` (mean
+``completions/mean_length``, ``completions/clipped_ratio``, ``loss``, ``time/generation``,
+``time/scoring`` (rewards, reference log-probs, penalties, targets), ``time/update`` (seconds of
+this process), ``pm_divergence`` (mean
 Bernoulli KL between sigma(s_1 - s_2) and pi(y_1)/(pi(y_1) + pi(y_2)) over pairs of completions of
 a prompt, :mod:`pluralign.rl.metrics`); with a world, the exact
 ``world/pm_divergence``, ``world/minority_mass``, ``world/tv_to_target`` of the policy's
@@ -72,6 +74,7 @@ class Rollout:
     targets: dict  # what the update's loss reads (advantages; PPO: old log-probs, values, returns)
     stats: dict  # scalar metrics of this micro-batch
     k: int
+    seconds: dict  # wall time of sampling ("generation") and of rewards, reference and targets ("scoring")
 
     @property
     def num_prompts(self) -> int:
@@ -81,7 +84,7 @@ class Rollout:
 def world_of(cfg: RLRunConfig):
     from pluralign import worlds
 
-    makers = {"default": worlds.default_world, "tiny": worlds.tiny_world}
+    makers = {"default": worlds.default_world, "tiny": worlds.tiny_world, "bandit": worlds.bandit_world}
     if cfg.data.world is None:
         return None
     if cfg.data.world.name not in makers:
@@ -204,10 +207,12 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
                                          SamplingParams(seed=seed, **sampling), device))
         t_rollout = time.perf_counter() - t0
         outcome, update_stats = update.update(run, step + 1, rollouts, policy, rank)
+        timing = {f"time/{part}": sum(r.seconds[part] for r in rollouts) for part in ("generation", "scoring")}
+        timing["time/update"] = time.perf_counter() - t0 - t_rollout
         generator.sync_weights(accelerator.unwrap_model(policy).model)
         done = step + 1
         row = _reduce_stats(accelerator, [r.stats for r in rollouts])
-        row.update(update_stats, rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0,
+        row.update(update_stats, **timing, rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0,
                    **run.step_fields(outcome, done, per_epoch))
         logged = done % cfg.train.log_every == 0 or done == total_steps
         if logged and is_main:
@@ -225,7 +230,9 @@ def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, upda
                  device) -> Rollout:
     """Sample, score and shape one micro-batch (steps 1 to 3 of the module docstring)."""
     rl, k = cfg.rl, params.num_completions
+    t0 = time.perf_counter()
     completions = generator.generate(prompt_ids, params)
+    t_generation = time.perf_counter() - t0
     texts = completions.texts(generator.tokenizer)
     repeated = [p for p in prompts for _ in range(k)]
     score, parts = rewards(repeated, texts)
@@ -260,7 +267,8 @@ def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, upda
     stats["pm_divergence"] = pm_div.mean()
     for name, values in parts.items():
         stats[f"rewards/{name}"] = values.mean().to(device)
-    return Rollout(examples, batch, mask, targets, stats, k)
+    seconds = {"generation": t_generation, "scoring": time.perf_counter() - t0 - t_generation}
+    return Rollout(examples, batch, mask, targets, stats, k, seconds)
 
 
 def _reduce_stats(accelerator, stats: list[dict]) -> dict:
