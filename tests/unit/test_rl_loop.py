@@ -111,11 +111,15 @@ def test_rl_config_errors_name_the_key(tmp_path):
         _rl_cfg(tmp_path / "x", "rl.penalty=entropy")
     with pytest.raises(ConfigError, match="rl.num_completions"):
         _rl_cfg(tmp_path / "x", "rl.num_completions=1")
+    with pytest.raises(ConfigError, match="rl.num_minibatches"):
+        _rl_cfg(tmp_path / "x", "rl.estimator=ppo", "rl.num_minibatches=3")
+    with pytest.raises(ConfigError, match="rl.estimator"):
+        _rl_cfg(tmp_path / "x", "rl.estimator=ppo_typo")
     with pytest.raises(ConfigError, match="rl.reward_functions"):
         train_rl(_rl_cfg(tmp_path / "y", "rl.reward_functions=[nowhere:nothing]"))
 
 
-@pytest.mark.parametrize("recipe", ["rm_tiny", "rm_hh", "rl_tiny", "rl_hh"])
+@pytest.mark.parametrize("recipe", ["rm_tiny", "rm_hh", "rm_smollm2", "rl_tiny", "rl_hh", "rl_smollm2"])
 def test_recipes_load(recipe):
     from pluralign.rl.config import RMRunConfig
 

@@ -106,6 +106,9 @@ class RLRunConfig(RunConfig):
     rl: RLConfig = field(default_factory=RLConfig)
 
     def __post_init__(self):
+        if self.rl.estimator == "ppo" and self.model.lora is not None:
+            raise ConfigError("rl.estimator = 'ppo' with model.lora: not supported (checkpoints of LoRA runs hold the "
+                              "adapters only, not the value head); set model.lora=null or use rl.estimator=rloo")
         if self.rl.estimator == "ppo" and self.train.batch_size % self.rl.num_minibatches:
             raise ConfigError(f"rl.num_minibatches = {self.rl.num_minibatches} must divide train.batch_size = "
                               f"{self.train.batch_size} (PPO minibatches split each micro-batch's prompts)")
