@@ -14,8 +14,7 @@ import torch
 from pluralign.objectives.penalties import compute_penalty
 from pluralign.rl.estimators import gae, ppo_policy_loss, ppo_value_loss, token_rewards
 
-R = torch.tensor([[1.0, 0.2, -0.5, 0.0], [0.3, 0.9, 0.0, -1.0]])  # rewards, 2 prompts x K = 4
-REF = torch.tensor([[0.1, 0.5, 0.3, 0.1], [0.25, 0.05, 0.6, 0.1]])  # pi_ref, far from both optima
+from test_rl_bandit import REF, R, _tv  # the same bandit as the RLOO convergence tests
 
 
 def _ppo_bandit(penalty: str, args: dict, steps: int = 150, k: int = 256, epochs: int = 2, minibatches: int = 4,
@@ -50,10 +49,6 @@ def _ppo_bandit(penalty: str, args: dict, steps: int = 150, k: int = 256, epochs
                 opt.step()
                 sched.step()
     return torch.softmax(logits.detach(), -1)
-
-
-def _tv(p, q) -> float:
-    return float(0.5 * (p - q).abs().sum(-1).max())
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0])
