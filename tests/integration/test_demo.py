@@ -56,3 +56,32 @@ def test_demo_quick_writes_a_report_with_computed_numbers(tmp_path):
     report = (out / "report.md").read_text()
     assert f"{exact['dpo']['minority_mass']:.3f}" in report
     assert f"{summary['lm_population_final']['rpo']['minority_mass']:.3f}" in report
+
+
+# |LM - exact| TV of conditional PM-RLHF on `demo rlhf --quick`, seed 0: 0.008; the test allows 0.05.
+RLHF_TOLERANCE = 0.05
+
+
+def test_demo_rlhf_quick_sets_each_penalty_next_to_its_exact_optimum(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "pluralign.cli", "demo", "rlhf", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rlhf/rlhf.md" in (out / "index.md").read_text()
+    for name in ("rlhf.md", "output_probs.png", "pm_divergence_hist.png"):
+        assert (out / "rlhf" / name).stat().st_size > 0
+    s = json.loads((out / "rlhf" / "summary.json").read_text())
+    runs = s["policies"]
+    kl, pm, cpm = runs["KL-RLHF"], runs["PM-RLHF"], runs["conditional PM-RLHF"]
+    assert s["reward_model"]["eval_rewards/accuracies"] > 0.6  # the pooled preferences are learnable
+    # exact answers: PM (beta 1) matches the reward model's preferences; KL with beta 0.1 collapses
+    assert pm["exact"]["pm_divergence_rm"] < 1e-9
+    assert kl["exact"]["pm_divergence_rm"] > 0.3
+    # the LM: conditional PM lands on its exact optimum and keeps its mass on the candidates, while
+    # PM-RLHF's -log pi on every token moves mass to text outside them
+    assert cpm["tv_to_exact"] < RLHF_TOLERANCE
+    assert cpm["candidate_mass"] > 0.9 and pm["candidate_mass"] < 0.5
+    assert s["pm_divergence_reduction_vs_kl"]["conditional PM-RLHF"]["lm"] > 0.5
+    report = (out / "rlhf" / "rlhf.md").read_text()
+    assert f"{cpm['lm']['pm_divergence_rm']:.4f} / {cpm['exact']['pm_divergence_rm']:.4f}" in report

@@ -79,3 +79,20 @@ def test_ppo_value_loss_hand_values():
     mask = torch.ones(1, 2, dtype=torch.bool)
     # token 0: unclipped (1-2)^2 = 1, clipped (0.2-2)^2 = 3.24 -> 0.5 * 3.24; token 1: 0.5 * 0.01
     assert float(ppo_value_loss(v, old, ret, mask, clip=0.2)) == pytest.approx((1.62 + 0.005) / 2, rel=1e-6)
+
+
+def test_ppo_statistics_hand_values():
+    from pluralign.rl.estimators import ppo_statistics
+
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    mask = torch.tensor([[True, True, True]])
+    # token 0: ratio 1.5 > 1.2 with A > 0 -> clipped; token 1: ratio 0.5 < 0.8 with A < 0 -> clipped; token 2 inside
+    values, old_v, ret = torch.tensor([[1.0, 0.1, 0.0]]), torch.zeros(1, 3), torch.tensor([[2.0, 0.0, 0.0]])
+    s = ppo_statistics(logp, old, adv, values, old_v, ret, mask, clip=0.2, clip_value=0.2)
+    assert float(s["policy/clipfrac_avg"]) == pytest.approx(2 / 3)
+    want_kl = 0.5 * (torch.log(torch.tensor([1.5, 0.5, 1.1])) ** 2).mean()
+    assert float(s["policy/approxkl_avg"]) == pytest.approx(float(want_kl), rel=1e-6)
+    # value token 0: clipped 0.2 is farther from 2 than 1.0 -> counted; token 1: 0.1 inside the clip; token 2 equal
+    assert float(s["val/clipfrac_avg"]) == pytest.approx(1 / 3)

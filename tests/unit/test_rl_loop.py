@@ -77,24 +77,31 @@ class _Interrupt(Exception):
     pass
 
 
-def test_rl_resume_equals_an_uninterrupted_run(tmp_path):
-    full = train_rl(_rl_cfg(tmp_path / "full"))
+PPO = ("rl.estimator=ppo", "rl.ppo_epochs=2", "rl.num_minibatches=2")
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "ppo"])
+def test_rl_resume_equals_an_uninterrupted_run(tmp_path, estimator):
+    extra = PPO if estimator == "ppo" else ()
+    full = train_rl(_rl_cfg(tmp_path / "full", *extra))
 
     def stop_at_3(step, model):
         if step == 3:
             raise _Interrupt
     with pytest.raises(_Interrupt):  # killed during step 3, after the checkpoint of step 2
-        train_rl(_rl_cfg(tmp_path / "cut"), on_log=stop_at_3)
-    resumed = train_rl(_rl_cfg(tmp_path / "cut", "train.resume=true"))
+        train_rl(_rl_cfg(tmp_path / "cut", *extra), on_log=stop_at_3)
+    resumed = train_rl(_rl_cfg(tmp_path / "cut", "train.resume=true", *extra))
     a = load_file(str(tmp_path / "full/checkpoints/step-000004/model/model.safetensors"))
     b = load_file(str(tmp_path / "cut/checkpoints/step-000004/model/model.safetensors"))
     assert a.keys() == b.keys()
+    assert ({"value_head.weight", "value_head.bias"} <= a.keys()) == (estimator == "ppo")  # the critic is saved
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
     ra, rb = _rows(tmp_path / "full"), [r for r in _rows(tmp_path / "cut") if r["step"] > 0]
     assert [r["step"] for r in rb] == [1, 2, 3, 4]
     for x, y in zip(ra, rb):
-        for key in ("reward", "kl", "loss", "completions/mean_length"):
+        keys = ("reward", "kl", "loss", "completions/mean_length")
+        for key in keys + (("loss/value_avg", "policy/clipfrac_avg") if estimator == "ppo" else ()):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), (x["step"], key)
     assert resumed.history[-1]["step"] == full.history[-1]["step"] == 4
 
@@ -104,11 +111,15 @@ def test_rl_config_errors_name_the_key(tmp_path):
         _rl_cfg(tmp_path / "x", "rl.penalty=entropy")
     with pytest.raises(ConfigError, match="rl.num_completions"):
         _rl_cfg(tmp_path / "x", "rl.num_completions=1")
+    with pytest.raises(ConfigError, match="rl.num_minibatches"):
+        _rl_cfg(tmp_path / "x", "rl.estimator=ppo", "rl.num_minibatches=3")
+    with pytest.raises(ConfigError, match="rl.estimator"):
+        _rl_cfg(tmp_path / "x", "rl.estimator=ppo_typo")
     with pytest.raises(ConfigError, match="rl.reward_functions"):
         train_rl(_rl_cfg(tmp_path / "y", "rl.reward_functions=[nowhere:nothing]"))
 
 
-@pytest.mark.parametrize("recipe", ["rm_tiny", "rm_hh", "rl_tiny", "rl_hh"])
+@pytest.mark.parametrize("recipe", ["rm_tiny", "rm_hh", "rm_smollm2", "rl_tiny", "rl_hh", "rl_smollm2"])
 def test_recipes_load(recipe):
     from pluralign.rl.config import RMRunConfig
 

@@ -13,6 +13,8 @@ from pluralign.objectives.penalties import KL_ESTIMATORS, PENALTIES
 from pluralign.rl.estimators import ADVANTAGES
 from pluralign.train.config import ConfigError, RunConfig
 
+ESTIMATORS = (*ADVANTAGES, "ppo")
+
 
 @dataclass
 class RewardModelConfig:
@@ -47,7 +49,16 @@ class RLConfig:
     alpha: float = 0.0  # conditional_pm: PM branch where pi_ref(a_t|s_t) > alpha (0 = plain KL)
     beta_pm: float = 0.1  # conditional_pm: coefficient of the PM branch
     beta_kl: float = 0.1  # conditional_pm: coefficient of the KL branch (equal to beta_pm = released code)
-    estimator: str = "rloo"  # rloo | group_normalized
+    estimator: str = "rloo"  # rloo | group_normalized | ppo (clipped PPO with GAE and a value head)
+    ppo_epochs: int = 1  # ppo: passes over each rollout (the first seed paper's authors: 1)
+    num_minibatches: int = 1  # ppo: optimizer steps per pass, each over train.batch_size / this many prompts
+    cliprange: float = 0.2  # ppo: policy ratio clip epsilon
+    cliprange_value: float = 0.2  # ppo: value clip around the rollout's values
+    vf_coef: float = 0.1  # ppo: weight of the value loss (TRL's vf_coef)
+    gamma: float = 1.0  # ppo: GAE discount
+    lam: float = 0.95  # ppo: GAE lambda
+    score_clip: float | None = 5.0  # ppo: the score is clipped to +-score_clip at the last token (None: no clip)
+    whiten_advantages: bool = False  # ppo: normalise advantages over each micro-batch's tokens
     num_completions: int = 4  # k completions per prompt
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -61,7 +72,15 @@ class RLConfig:
             ("reward", self.reward in ("world", "model", "functions"), "world | model | functions"),
             ("penalty", self.penalty in PENALTIES, " | ".join(PENALTIES)),
             ("kl_estimator", self.kl_estimator in KL_ESTIMATORS, " | ".join(KL_ESTIMATORS)),
-            ("estimator", self.estimator in ADVANTAGES, " | ".join(ADVANTAGES)),
+            ("estimator", self.estimator in ESTIMATORS, " | ".join(ESTIMATORS)),
+            ("ppo_epochs", self.ppo_epochs >= 1, "an integer >= 1"),
+            ("num_minibatches", self.num_minibatches >= 1, "an integer >= 1 dividing train.batch_size"),
+            ("cliprange", self.cliprange > 0, "a number > 0"),
+            ("cliprange_value", self.cliprange_value > 0, "a number > 0"),
+            ("vf_coef", self.vf_coef >= 0, "a number >= 0"),
+            ("gamma", 0 <= self.gamma <= 1, "a number in [0, 1]"),
+            ("lam", 0 <= self.lam <= 1, "a number in [0, 1]"),
+            ("score_clip", self.score_clip is None or self.score_clip > 0, "a number > 0 or null"),
             ("num_completions", self.num_completions >= 2, "an integer >= 2 (leave-one-out and group baselines)"),
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
             ("alpha", 0 <= self.alpha <= 1, "a probability in [0, 1]"),
@@ -85,3 +104,11 @@ class RLConfig:
 @dataclass
 class RLRunConfig(RunConfig):
     rl: RLConfig = field(default_factory=RLConfig)
+
+    def __post_init__(self):
+        if self.rl.estimator == "ppo" and self.model.lora is not None:
+            raise ConfigError("rl.estimator = 'ppo' with model.lora: not supported (checkpoints of LoRA runs hold the "
+                              "adapters only, not the value head); set model.lora=null or use rl.estimator=rloo")
+        if self.rl.estimator == "ppo" and self.train.batch_size % self.rl.num_minibatches:
+            raise ConfigError(f"rl.num_minibatches = {self.rl.num_minibatches} must divide train.batch_size = "
+                              f"{self.train.batch_size} (PPO minibatches split each micro-batch's prompts)")

@@ -117,6 +117,31 @@ def ppo_value_loss(values, old_values, returns, mask, clip: float = 0.2) -> torc
     return (per_token * maskf).sum(-1) / maskf.sum(-1).clamp_min(1)
 
 
+def ppo_statistics(logp, old_logp, advantages, values, old_values, returns, mask, clip: float = 0.2,
+                   clip_value: float = 0.2) -> dict:
+    """Detached diagnostics of a PPO minibatch, means over its response tokens (TRL's PPO names):
+
+        policy/clipfrac_avg   share of tokens where the clipped surrogate is the one taken,
+        policy/approxkl_avg   0.5 (log pi - log pi_old)^2 (an estimate of KL(pi_old || pi)),
+        val/clipfrac_avg      share of tokens where the clipped value error is the larger.
+    """
+    adv = advantages.detach()
+    if adv.dim() == 1:
+        adv = adv[:, None].expand_as(logp)
+    logp, values = logp.detach(), values.detach()
+    ratio = torch.exp(logp - old_logp)
+    maskf = mask.to(logp.dtype)
+    n = maskf.sum().clamp_min(1)
+    pg_clipped = (-adv * ratio.clamp(1.0 - clip, 1.0 + clip)) > (-adv * ratio)
+    v_clipped = old_values + (values - old_values).clamp(-clip_value, clip_value)
+    vf_clipped = (v_clipped - returns) ** 2 > (values - returns) ** 2
+    return {
+        "policy/clipfrac_avg": (pg_clipped.to(maskf.dtype) * maskf).sum() / n,
+        "policy/approxkl_avg": (0.5 * (logp - old_logp) ** 2 * maskf).sum() / n,
+        "val/clipfrac_avg": (vf_clipped.to(maskf.dtype) * maskf).sum() / n,
+    }
+
+
 # Name -> function(rewards [B, k]) -> advantages [B, k]: the sequence-level estimators.
 ADVANTAGES = {
     "rloo": rloo_advantages,

@@ -12,12 +12,19 @@ Each optimizer step, for ``train.batch_size`` prompts per micro-batch:
 3. advantages over each prompt's k samples (RLOO by default, or group-normalised);
 4. loss = mean_i -A_i sum_t log pi(a_t|s_t) (score function), one optimizer step.
 
+With ``rl.estimator=ppo`` steps 3-4 are PPO's (:mod:`pluralign.rl.ppo`): per-token rewards (the
+penalty on every token, the score clipped at the last one), GAE with a value head on the policy,
+then ``rl.ppo_epochs x rl.num_minibatches`` clipped-surrogate optimizer steps per rollout; the
+schedule counts those optimizer steps, ``step`` in the metrics counts rollouts.
+
 Rollouts are drawn with seeds that depend only on (train.seed, step, micro-batch, process), and the
 prompt order only on (train.seed, epoch), so a resumed run repeats the uninterrupted one.
 Metrics (TRL's names): ``reward`` (mean s), ``reward_std`` (mean over prompts of the std of s over
 the k samples), ``rewards/<function>``, ``kl`` (mean of sum_t log pi/pi_ref, the k1 sequence KL),
 ``entropy`` (mean per-token entropy of the policy at sampling time), ``penalty`` (mean sum_t c_t),
-``completions/mean_length``, ``completions/clipped_ratio``, ``loss``, ``pm_divergence`` (mean
+``completions/mean_length``, ``completions/clipped_ratio``, ``loss``, ``time/generation``,
+``time/scoring`` (rewards, reference log-probs, penalties, targets), ``time/update`` (seconds of
+this process), ``pm_divergence`` (mean
 Bernoulli KL between sigma(s_1 - s_2) and pi(y_1)/(pi(y_1) + pi(y_2)) over pairs of completions of
 a prompt, :mod:`pluralign.rl.metrics`); with a world, the exact
 ``world/pm_divergence``, ``world/minority_mass``, ``world/tv_to_target`` of the policy's
@@ -42,10 +49,10 @@ from pluralign.logprobs import SequenceLogprobs
 from pluralign.train.setup import build_tokenizer
 from pluralign.objectives.penalties import compute_penalty, sequence_penalty
 from pluralign.rl.config import RLRunConfig
-from pluralign.rl.estimators import get_advantage_estimator, policy_gradient_loss
 from pluralign.rl.metrics import rollout_pm_divergence
 from pluralign.rl.rewards import ModelReward, WeightedRewards, WorldReward
-from pluralign.rl.scoring import encode_prompt, rollout_batch, token_logprobs
+from pluralign.rl.scoring import encode_prompt, rollout_examples, token_logprobs
+from pluralign.rl.updates import build_update
 from pluralign.train.config import ConfigError
 from pluralign.train.offline import TrainResult, total_training_steps
 from pluralign.train.reference import build_reference
@@ -59,18 +66,25 @@ NEEDS_REFERENCE = frozenset({"kl", "conditional_pm"})
 
 @dataclass
 class Rollout:
-    """One micro-batch of scored completions, ready for the policy-gradient loss."""
+    """One micro-batch of scored completions, ready for the update's loss."""
 
+    examples: list  # one TokenizedExample per prompt: the prompt and its k completions
     batch: object  # shared-prefix Batch of the completions
     mask: torch.Tensor  # [N, T]
-    advantages: torch.Tensor  # [N]
+    targets: dict  # what the update's loss reads (advantages; PPO: old log-probs, values, returns)
     stats: dict  # scalar metrics of this micro-batch
+    k: int
+    seconds: dict  # wall time of sampling ("generation") and of rewards, reference and targets ("scoring")
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.examples)
 
 
 def world_of(cfg: RLRunConfig):
     from pluralign import worlds
 
-    makers = {"default": worlds.default_world, "tiny": worlds.tiny_world}
+    makers = {"default": worlds.default_world, "tiny": worlds.tiny_world, "bandit": worlds.bandit_world}
     if cfg.data.world is None:
         return None
     if cfg.data.world.name not in makers:
@@ -158,8 +172,14 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
         live_cfg = dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, precompute=False))
         (reference,) = build_reference(live_cfg, accelerator, model, tokenizer, [prompts], collator, out)
 
+    update = build_update(rl, collator, cfg.train.seed)
+    if rl.estimator == "ppo":  # the critic: a value head on the policy, in the same module and optimizer
+        from pluralign.rl.ppo import ActorCritic
+
+        policy = ActorCritic(policy)
+    prefix = "scorer.model." if rl.estimator == "ppo" else "model."
     run = wire_training(accelerator, cfg, policy, out, total_steps, config, f"rl/{rl.penalty}", export=lambda m: m.model,
-                        prefix="model.")
+                        prefix=prefix, schedule_steps=total_steps * update.updates_per_step)
     policy = run.module
     generator = TransformersGenerator(accelerator.unwrap_model(policy).model, tokenizer)
     sampling = dict(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
@@ -182,20 +202,17 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
             lo = base + (m * world_size + rank) * bs
             idx = order[lo : lo + bs]
             seed = ((cfg.train.seed * 1_000_003 + step) * 64 + m) * 4096 + rank
-            rollouts.append(make_rollout(cfg, generator, rewards, reference, collator,
+            rollouts.append(make_rollout(cfg, generator, rewards, reference, collator, update, policy,
                                          [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
                                          SamplingParams(seed=seed, **sampling), device))
         t_rollout = time.perf_counter() - t0
-
-        def micro_loss(r: Rollout):
-            logp = token_logprobs(policy, r.batch, r.mask.shape[1])
-            return policy_gradient_loss(logp, r.advantages, r.mask).mean()
-
-        outcome = run.driver.step(step + 1, rollouts, micro_loss)
+        outcome, update_stats = update.update(run, step + 1, rollouts, policy, rank)
+        timing = {f"time/{part}": sum(r.seconds[part] for r in rollouts) for part in ("generation", "scoring")}
+        timing["time/update"] = time.perf_counter() - t0 - t_rollout
         generator.sync_weights(accelerator.unwrap_model(policy).model)
         done = step + 1
         row = _reduce_stats(accelerator, [r.stats for r in rollouts])
-        row.update(loss=outcome.loss_sum / accum, rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0,
+        row.update(update_stats, **timing, rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0,
                    **run.step_fields(outcome, done, per_epoch))
         logged = done % cfg.train.log_every == 0 or done == total_steps
         if logged and is_main:
@@ -209,16 +226,20 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
 
 
 @torch.no_grad()
-def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, prompts, prompt_ids, params, device) -> Rollout:
+def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, update, module, prompts, prompt_ids, params,
+                 device) -> Rollout:
     """Sample, score and shape one micro-batch (steps 1 to 3 of the module docstring)."""
     rl, k = cfg.rl, params.num_completions
+    t0 = time.perf_counter()
     completions = generator.generate(prompt_ids, params)
+    t_generation = time.perf_counter() - t0
     texts = completions.texts(generator.tokenizer)
     repeated = [p for p in prompts for _ in range(k)]
     score, parts = rewards(repeated, texts)
     if rl.missing_eos_penalty is not None:
         score = missing_eos_penalty(score, completions.finish_reasons, rl.missing_eos_penalty)
-    batch = rollout_batch(completions, collator).to(device)
+    examples = rollout_examples(completions)
+    batch = collator(examples).to(device)
     mask = completions.mask.to(device)
     logp = completions.logprobs.to(device)
     width = mask.shape[1]
@@ -227,10 +248,10 @@ def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, prom
         peft = reference.peft_policy
         with peft.disable_adapter() if peft is not None else nullcontext():
             ref = token_logprobs(reference.module, batch, width)
-    penalty = sequence_penalty(compute_penalty(rl.penalty, logp, ref, mask, rl.penalty_args()), mask)
+    token_penalty = compute_penalty(rl.penalty, logp, ref, mask, rl.penalty_args())
+    penalty = sequence_penalty(token_penalty, mask)
     score = score.to(device)
-    advantages = get_advantage_estimator(rl.estimator)(
-        (score - penalty).view(len(prompts), k)).reshape(-1)
+    targets = update.targets(module, batch, mask, score, token_penalty, k)
     maskf = mask.float()
     stats = {
         "reward": score.mean(),
@@ -246,7 +267,8 @@ def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, prom
     stats["pm_divergence"] = pm_div.mean()
     for name, values in parts.items():
         stats[f"rewards/{name}"] = values.mean().to(device)
-    return Rollout(batch, mask, advantages, stats)
+    seconds = {"generation": t_generation, "scoring": time.perf_counter() - t0 - t_generation}
+    return Rollout(examples, batch, mask, targets, stats, k, seconds)
 
 
 def _reduce_stats(accelerator, stats: list[dict]) -> dict:

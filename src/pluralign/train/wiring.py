@@ -88,11 +88,13 @@ class WiredRun:
 
 
 def wire_training(accelerator, cfg, module, out, total_steps: int, config: dict, desc: str, export,
-                  prefix: str) -> WiredRun:
+                  prefix: str, schedule_steps: int | None = None) -> WiredRun:
     """``export``/``prefix``: which transformers model inside ``module`` a checkpoint saves (see
-    :class:`~pluralign.train.checkpoint.Checkpointer`); ``desc`` names the run in progress lines."""
+    :class:`~pluralign.train.checkpoint.Checkpointer`); ``desc`` names the run in progress lines;
+    ``schedule_steps``: optimizer steps the schedule spans when a loop step takes several (PPO's
+    epochs and minibatches; default ``total_steps``)."""
     optimizer = build_optimizer(module.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, schedule_steps or total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     checkpointer = Checkpointer(accelerator, module, out, cfg.train.keep_checkpoints, export=export, prefix=prefix)

@@ -1,0 +1,240 @@
+"""On-policy RL throughput: pluralign's RL loop against TRL's RLOOTrainer and GRPOTrainer.
+
+    PYTHONPATH=src python bench/bench_rl_vs_trl.py [--steps 6 --warmup 2 --rounds 2 --json bench/results/rl_tiny.json]
+
+Same work for every contender: the same tiny model (the offline tiny Llama with the byte tokenizer,
+saved once and loaded by each from the same folder), the same prompts (the default world's 8
+prompts), the same reward function (:func:`letter_reward`), k = 4 completions per prompt, the same
+max new tokens, sampling at temperature 1 with transformers' generation (TRL: ``use_vllm=False``;
+pluralign: its KV-cache transformers backend), a KL penalty of 0.05 against the initial weights
+(TRL RLOO's default beta; set for GRPO too, so every contender runs a reference model), one
+optimizer step per generation batch (TRL: ``steps_per_generation=1``, ``num_iterations=1``),
+AdamW at the same learning rate, fp32, CPU.
+
+Each contender runs in its own subprocess (its peak RSS is its own, model load included); the
+contenders take turns, ``--rounds`` times, and each keeps its fastest round. On a machine shared
+with other jobs wall times swing several-fold from one minute to the next, so the headline number
+is completions per CPU-second of the timed steps (process CPU time; use ``--threads 1`` there so
+that CPU time is compute, not spinning), with completions per wall second beside it. Per
+contender: completions per second over the timed steps, the split of step time
+into generation, scoring (rewards, reference and old log-probs) and update (loss, backward,
+optimizer), peak RSS; and the ratios to pluralign. TRL's split is read by timing its own
+``_generate`` and ``_generate_and_score_completions`` methods (wrapped, not changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTENDERS = ("pluralign", "trl_rloo", "trl_grpo")
+
+
+def letter_reward(prompts, completions, **kwargs):
+    """The share of vowels in a completion (cheap, and the same for every contender)."""
+    return [sum(ch in "aeiou" for ch in c) / max(1, len(c)) for c in completions]
+
+
+def _prompts():
+    from pluralign.worlds import default_world
+
+    return list(default_world().prompts)
+
+
+def run_pluralign(spec: dict) -> dict:
+    from pluralign.models import load_tokenizer
+    from pluralign.rl.config import RLConfig, RLRunConfig
+    from pluralign.rl.training import train_rl
+    from pluralign.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+    from transformers import AutoModelForCausalLM
+    import torch
+
+    tokenizer = load_tokenizer("byte")
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
+    steps = spec["warmup"] + spec["steps"]
+    rl = RLConfig(reward="functions", penalty="kl", beta=spec["beta"], num_completions=spec["k"],
+                  max_new_tokens=spec["max_new_tokens"], eval_world=False)
+    cfg = RLRunConfig(model=ModelConfig(name="tiny"), data=DataConfig(world=None), rl=rl,
+                      optim=OptimConfig(lr=spec["lr"], scheduler="constant", max_grad_norm=1.0),
+                      train=TrainConfig(output_dir=spec["work_dir"], batch_size=spec["prompts_per_step"], max_steps=steps,
+                                        log_every=1, save_every=None, progress_bar=False, overwrite=True, seed=0,
+                                        report_to=[]))
+    cpu = {}
+
+    def on_log(step, model):  # called after each step's update: the CPU clock at the timed steps' edges
+        cpu[step] = time.process_time()
+
+    result = train_rl(cfg, model=model, tokenizer=tokenizer, prompts=spec["prompts"], reward_functions=[letter_reward],
+                      on_log=on_log)
+    rows = [r for r in result.history if r["step"] > spec["warmup"]]  # (the history also holds on_log's step 0)
+    return {"step_seconds": [r["step_seconds"] for r in rows], "cpu_seconds": cpu[steps] - cpu[spec["warmup"]],
+            "generation": sum(r["time/generation"] for r in rows), "scoring": sum(r["time/scoring"] for r in rows),
+            "update": sum(r["time/update"] for r in rows),
+            "mean_length": sum(r["completions/mean_length"] for r in rows) / len(rows)}
+
+
+def run_trl(spec: dict, kind: str) -> dict:
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    from pluralign.models import load_tokenizer
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = load_tokenizer("byte")
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
+    config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if kind == "rloo" else (GRPOConfig, GRPOTrainer)
+    steps = spec["warmup"] + spec["steps"]
+    n = spec["prompts_per_step"] * spec["k"]
+    args = config_cls(output_dir=spec["work_dir"], per_device_train_batch_size=n, num_generations=spec["k"],
+                      max_completion_length=spec["max_new_tokens"], temperature=1.0, beta=spec["beta"],
+                      learning_rate=spec["lr"], lr_scheduler_type="constant", max_grad_norm=1.0, max_steps=steps,
+                      steps_per_generation=1, num_iterations=1, logging_steps=10_000, save_strategy="no",
+                      report_to=[], use_cpu=True, seed=0, bf16=False, gradient_checkpointing=False,
+                      disable_tqdm=True, dataloader_num_workers=0)
+    prompts = spec["prompts"] * (steps * spec["prompts_per_step"] // len(spec["prompts"]) + 1)
+    trainer = trainer_cls(model=model, reward_funcs=[letter_reward], args=args,
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer)
+    spent = {"generation": 0.0, "generate_and_score": 0.0}
+    lengths = []
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            if state["step"] >= spec["warmup"]:
+                spent[name] += time.perf_counter() - t
+            if name == "generate_and_score" and state["step"] >= spec["warmup"]:
+                lengths.append(float(out["completion_mask"].sum(-1).float().mean()))
+            return out
+        return wrapper
+
+    state = {"step": 0, "t": 0.0}
+    step_seconds, cpu = [], {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            state["t"] = time.perf_counter()
+
+        def on_step_end(self, *a, **kw):
+            if state["step"] >= spec["warmup"]:
+                step_seconds.append(time.perf_counter() - state["t"])
+            state["step"] += 1
+            cpu[state["step"]] = time.process_time()
+
+    trainer._generate = timed("generation", trainer._generate)
+    trainer._generate_and_score_completions = timed("generate_and_score", trainer._generate_and_score_completions)
+    trainer.add_callback(Clock())
+    trainer.train()
+    total = sum(step_seconds)
+    return {"step_seconds": step_seconds, "cpu_seconds": cpu[steps] - cpu[spec["warmup"]], "generation": spent["generation"],
+            "scoring": spent["generate_and_score"] - spent["generation"], "update": total - spent["generate_and_score"],
+            "mean_length": sum(lengths) / max(1, len(lengths))}
+
+
+def child(spec_path: str, contender: str) -> None:
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    out = run_pluralign(spec) if contender == "pluralign" else run_trl(spec, contender.split("_")[1])
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per round")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="turns per contender; each keeps its fastest")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--prompts-per-step", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--json", default=None, help="write the result here (e.g. bench/results/rl_tiny.json)")
+    ap.add_argument("--child", nargs=2, metavar=("SPEC", "CONTENDER"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    import torch
+    import transformers
+    import trl
+
+    from pluralign.models import load_model, load_tokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
+    tokenizer = load_tokenizer("byte")
+    load_model("tiny", tokenizer, seed=0).save_pretrained(str(work / "model"))
+    tokenizer.save_pretrained(str(work / "model"))
+    spec = {"model_dir": str(work / "model"), "prompts": _prompts(), "k": args.k, "prompts_per_step": args.prompts_per_step,
+            "max_new_tokens": args.max_new_tokens, "beta": 0.05, "lr": 1e-4, "warmup": args.warmup,
+            "steps": args.steps, "threads": args.threads}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'bench'}", "OMP_NUM_THREADS": str(args.threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    best: dict[str, dict] = {}
+    rounds: dict[str, list] = {}
+    load = [os.getloadavg()[0]]
+    for r in range(args.rounds):
+        for name in args.contenders.split(","):
+            spec_path = work / f"spec-{name}.json"
+            spec_path.write_text(json.dumps({**spec, "work_dir": str(work / f"run-{name}-{r}")}))
+            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), name],
+                                  capture_output=True, text=True, env=env, cwd=str(ROOT))
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            res = json.loads(line[len("RESULT "):])
+            res["seconds"] = sum(res["step_seconds"])
+            done = args.steps * args.k * args.prompts_per_step
+            res["completions_per_second"] = done / res["seconds"]
+            res["completions_per_cpu_second"] = done / res["cpu_seconds"]
+            print(f"round {r + 1} {name}: {res['completions_per_cpu_second']:.1f} completions per CPU-second, "
+                  f"{res['completions_per_second']:.1f} per wall second "
+                  f"(generation {res['generation']:.2f} s, scoring {res['scoring']:.2f} s, update {res['update']:.2f} s, "
+                  f"peak RSS {res['peak_rss_mb']:.0f} MiB, mean length {res['mean_length']:.1f})", flush=True)
+            rounds.setdefault(name, []).append({k: res[k] for k in ("completions_per_cpu_second", "completions_per_second")})
+            if name not in best or res["completions_per_cpu_second"] > best[name]["completions_per_cpu_second"]:
+                best[name] = res
+            load.append(os.getloadavg()[0])
+    base = best.get("pluralign")
+    ratios = {name: {"completions_per_cpu_second": base["completions_per_cpu_second"] / r["completions_per_cpu_second"],
+                     "completions_per_wall_second": base["completions_per_second"] / r["completions_per_second"],
+                     "peak_rss": base["peak_rss_mb"] / r["peak_rss_mb"]}
+              for name, r in best.items() if base is not None and name != "pluralign"}
+    summary = {
+        "what": "on-policy RL steps, tiny Llama (byte tokenizer), CPU fp32, transformers generation",
+        "settings": {k: v for k, v in spec.items() if k not in ("model_dir", "prompts")} | {"rounds": args.rounds,
+                                                                                           "num_prompts": len(spec["prompts"])},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                     "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "load_average_1min": load,
+                    "note": "a machine shared with other jobs while this ran (load average above); wall times swing "
+                            "several-fold between rounds, so the headline is completions per CPU-second of each "
+                            "single-threaded contender's timed steps (its process CPU time), best round of each; "
+                            "the generation / scoring / update split is of wall time"},
+        "contenders": best, "rounds": rounds,
+        "pluralign_over": ratios,
+        "command": "PYTHONPATH=src python bench/bench_rl_vs_trl.py " + " ".join(sys.argv[1:]),
+    }
+    print(json.dumps({"pluralign_over": ratios}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
