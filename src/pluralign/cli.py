@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_rl(sub)
     __import__("pluralign.online.cli", fromlist=["register"]).register(sub)  # pluralign online
+    __import__("pluralign.em.cli", fromlist=["register"]).register(sub)  # pluralign em
     from pluralign.data.validate import add_validate_parser
 
     add_validate_parser(sub)

@@ -31,6 +31,7 @@ from pluralign.data.loaders import (
     check_usable,
     load_preferences,
 )
+from pluralign.data.identifiability import identifiability
 from pluralign.data.records import TIE_POLICIES, PreferenceRecord
 from pluralign.errors import PluralignError, one_line
 
@@ -105,6 +106,7 @@ def validate_file(path: Any, *, tokenizer: Any = None, ties: str = "truncate",
                               allow_empty=True)
     report = result.report
     report.statistics = compute_statistics(result.records)
+    report.identifiability = identifiability(result.records)  # can the data identify annotator types?
     check_usable(result.records, report)
     if tokenizer is not None:
         labels = [f"{report.source} row {n}" for n in result.row_numbers]
@@ -135,6 +137,7 @@ def validate_command(args: argparse.Namespace) -> int:
     report.tokenization_settings = f"tokenizer {settings['tokenizer']}, " + \
         report.tokenization_settings
     print(report.summary(max_problems=max_problems))
+    print("\n".join(report.identifiability.summary_lines()))
     stopping = report.skipped - sum(report.skipped_by_reason.get(reason, 0)
                                     for reason in always_skipped(settings["ties"]))
     if stopping and settings["on_error"] == "raise":

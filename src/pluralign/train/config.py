@@ -63,6 +63,8 @@ class WorldDataConfig:
     num_records: int = 2000
     seed: int = 1
     top_k: int | None = None  # rankings only: keep the top-k (partial rankings)
+    n_per_annotator: int | None = None  # each annotator gives this many consecutive records (None: drawn per record)
+    n_shown: int | None = None  # rankings only: rank a uniform subset of this many candidates (None: all)
 
     def __post_init__(self):
         check_ranges(self, 'data.world')
@@ -175,7 +177,8 @@ _FRACTION = (lambda v: 0 <= v < 1), "a number in [0, 1)"
 # Written as "not ok(v)" so that NaN fails every rule.
 RANGES: dict[str, dict[str, tuple]] = {
     "model.lora": {"r": _at_least(1), "alpha": _POSITIVE, "dropout": _FRACTION},
-    "data.world": {"num_records": _at_least(1), "top_k": _at_least(2)},
+    "data.world": {"num_records": _at_least(1), "top_k": _at_least(2), "n_per_annotator": _at_least(1),
+                   "n_shown": _at_least(2)},
     "data": {"eval_fraction": _FRACTION, "max_records": _at_least(1), "max_length": _at_least(2),
              "max_prompt_length": _at_least(1), "max_row_tokens": _at_least(1)},
     "objective": {"beta": _POSITIVE},

@@ -54,9 +54,13 @@ def world_records(wcfg):
     if wcfg.name not in makers:
         raise ConfigError(f"data.world.name = {wcfg.name!r}; expected one of {sorted(makers)}")
     world = makers[wcfg.name]()
-    if wcfg.kind == "pairs":
-        return world.sample_pairs(wcfg.num_records, seed=wcfg.seed)
-    return world.sample_rankings(wcfg.num_records, seed=wcfg.seed, k=wcfg.top_k)
+    try:
+        if wcfg.kind == "pairs":
+            return world.sample_pairs(wcfg.num_records, seed=wcfg.seed, n_per_annotator=wcfg.n_per_annotator)
+        return world.sample_rankings(wcfg.num_records, seed=wcfg.seed, k=wcfg.top_k,
+                                     n_per_annotator=wcfg.n_per_annotator, n_shown=wcfg.n_shown)
+    except ValueError as exc:  # counts that do not fit the world (annotator pool, candidate set)
+        raise ConfigError(f"data.world ({wcfg.name!r}): {exc}") from None
 
 
 def batch_order(data: TokenizedDataset, global_batch: int, seed: int, group_by_length: bool) -> list[int]:

@@ -34,9 +34,13 @@ from pluralign.train.shard import shard_batches, sum_across
 log = logging.getLogger(__name__)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
+def weights_fingerprint(model: torch.nn.Module, skip_adapters: bool = False) -> str:
+    """SHA-256 over the weights; ``skip_adapters`` leaves out LoRA adapter tensors (``lora_`` in the
+    name), on which the reference of a LoRA policy (adapters disabled) does not depend."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if skip_adapters and "lora_" in name:
+            continue
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -60,14 +64,16 @@ def data_fingerprint(data: TokenizedDataset) -> str:
     return h.hexdigest()
 
 
-def cache_key(model, tokenizer, data: TokenizedDataset, dtype: str, mixed_precision: str = "no") -> str:
-    """Everything the cached numbers depend on: weights, model config, tokenizer, tokenized data,
-    weight dtype, autocast mode, and the torch / transformers versions (kernels change between them)."""
+def cache_key(model, tokenizer, data: TokenizedDataset, dtype: str, mixed_precision: str = "no",
+              skip_adapters: bool = False) -> str:
+    """Everything the cached numbers depend on: weights (without LoRA adapters when the reference is
+    the policy with adapters disabled), model config, tokenizer, tokenized data, weight dtype,
+    autocast mode, and the torch / transformers versions (kernels change between them)."""
     import transformers
 
     config = getattr(model, "config", None)
     config_json = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
-    parts = [weights_fingerprint(model), hashlib.sha256(config_json.encode()).hexdigest(), tokenizer_fingerprint(tokenizer),
+    parts = [weights_fingerprint(model, skip_adapters), hashlib.sha256(config_json.encode()).hexdigest(), tokenizer_fingerprint(tokenizer),
              data_fingerprint(data), dtype, f"autocast={mixed_precision}", f"torch={torch.__version__}",
              f"transformers={transformers.__version__}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
@@ -195,7 +201,8 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
         if part is None:
             tables.append(None)
             continue
-        key = cache_key(fingerprint_model, tokenizer, part, cfg.model.dtype, cfg.train.mixed_precision)
+        key = cache_key(fingerprint_model, tokenizer, part, cfg.model.dtype, cfg.train.mixed_precision,
+                        skip_adapters=ref_model is None)
         t0 = time.perf_counter()
         with peft_policy.disable_adapter() if peft_policy is not None else nullcontext():
             logps, counts, built = precompute(module, part, collator, cfg.train.batch_size, device,

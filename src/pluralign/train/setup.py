@@ -98,14 +98,15 @@ def build_tokenizer(mcfg: ModelConfig):
 
 def build_policy(mcfg: ModelConfig, tokenizer, model=None) -> torch.nn.Module:
     """The model to train: ``model`` or the configured one (float32 weights), with activation
-    checkpointing and LoRA adapters as configured."""
+    checkpointing and LoRA adapters as configured. A ``model`` that is already a peft model (e.g.
+    one holding several adapters, the active one to be trained) is not wrapped again."""
     if model is None:
         model = load_model(mcfg.name, tokenizer, dtype=mcfg.dtype, attn_implementation=mcfg.attn_implementation,
                            seed=mcfg.seed, gguf_file=mcfg.gguf_file)
     if mcfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
         model.config.use_cache = False
-    if mcfg.lora is not None:
+    if mcfg.lora is not None and getattr(model, "peft_config", None) is None:
         from peft import LoraConfig, get_peft_model
 
         lora = mcfg.lora
