@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_rl(sub)
     __import__("pluralign.online.cli", fromlist=["register"]).register(sub)  # pluralign online
     __import__("pluralign.em.cli", fromlist=["register"]).register(sub)  # pluralign em
+    __import__("pluralign.mixture.cli", fromlist=["register"]).register(sub)  # pluralign aggregate
     from pluralign.data.validate import add_validate_parser
 
     add_validate_parser(sub)

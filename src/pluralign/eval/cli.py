@@ -2,7 +2,8 @@
 
 CHECKPOINT_OR_MODEL is any causal LM that transformers loads: a ``save_pretrained`` folder (from
 pluralign, TRL or plain transformers), a pluralign run folder (its latest checkpoint) or checkpoint
-folder, or a built-in name (``tiny``). The tokenizer is read from the model folder when it holds
+folder, or a built-in name (``tiny``); or a mixture policy folder (``pluralign aggregate``), scored by
+its exact mixture distribution over each prompt's candidates. The tokenizer is read from the model folder when it holds
 one, else from ``--tokenizer``.
 """
 
@@ -41,6 +42,11 @@ def _load(name: str, tokenizer_name: str | None, dtype: str):
     from pluralign.models import load_model, load_tokenizer
 
     path = resolve_model(name)
+    if Path(path, "mixture.json").is_file():  # a MixturePolicy folder (pluralign aggregate)
+        from pluralign.mixture import MixturePolicy
+
+        mixture = MixturePolicy.from_pretrained(path)
+        return path, mixture, mixture.tokenizer
     has_tokenizer = Path(path, "tokenizer_config.json").is_file()
     if not has_tokenizer and tokenizer_name is None and not Path(path).is_dir():
         tokenizer_name = path  # a built-in name or a model id with its own tokenizer
@@ -51,6 +57,8 @@ def _load(name: str, tokenizer_name: str | None, dtype: str):
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    import torch
+
     from pluralign.eval.report import data_metrics, world_metrics, write_reports
 
     if args.data is not None and args.reference is None:
@@ -60,6 +68,9 @@ def eval_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"pluralign eval: --data {args.data}: no such file")
     world = load_world(args.world)
     path, model, tokenizer = _load(args.model, args.tokenizer, args.dtype)
+    if args.data is not None and not isinstance(model, torch.nn.Module):
+        raise SystemExit(f"pluralign eval: --data needs one model; {path} is a mixture policy (its world metrics "
+                         "are exact; export one type with MixturePolicy.export_type for --data)")
     reference = None if args.reference is None else _load(args.reference, args.tokenizer, args.dtype)[1]
     result: dict[str, Any] = {"model": path, "world": args.world, "beta": args.beta, "eta": args.eta,
                               "reference_name": args.reference or "none (uniform base for win rates and lab optima)"}

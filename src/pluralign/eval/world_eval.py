@@ -18,7 +18,10 @@ from pluralign.worlds import evaluate_policy, renormalise
 
 
 def candidate_logprobs(model, tokenizer, world) -> list[np.ndarray]:
-    """Summed log p_LM(y_k | x) of every candidate of every prompt (EOS included)."""
+    """Summed log p_LM(y_k | x) of every candidate of every prompt (EOS included). A
+    :class:`pluralign.mixture.MixturePolicy` gives its mixture's, log sum_j w_j pi_j(y_k | x)."""
+    if hasattr(model, "candidate_logprobs"):
+        return [model.candidate_logprobs(p, c) for p, c in zip(world.prompts, world.candidates)]
     return [score_candidates(model, tokenizer, p, c).double().numpy() for p, c in zip(world.prompts, world.candidates)]
 
 

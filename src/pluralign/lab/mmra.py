@@ -22,6 +22,12 @@ from .optima import safe_log
 
 def regret_matrix(policies, pi_ref) -> np.ndarray:
     """``Regret[i, j] = L[i, i] - L[i, j]`` (see module doc); ``policies`` [K, X, Y], ``pi_ref`` [X, Y]."""
+    L = log_ratio_matrix(policies, pi_ref)
+    return np.diag(L)[:, None] - L
+
+
+def log_ratio_matrix(policies, pi_ref) -> np.ndarray:
+    """``L[i, j] = mean_x E_{y ~ pi_j} log(pi_i / pi_ref)`` (see module doc), same arguments as ``regret_matrix``."""
     pol = np.asarray(policies, dtype=float)
     ref = np.asarray(pi_ref, dtype=float)
     if pol.ndim == 2:
@@ -30,8 +36,7 @@ def regret_matrix(policies, pi_ref) -> np.ndarray:
     if np.any(pol <= 0) or np.any(ref <= 0):
         raise ValueError("policies and pi_ref must be strictly positive (log-ratios enter the regret)")
     log_ratio = safe_log(pol) - safe_log(ref)[None]  # [K, X, Y]
-    L = np.einsum("ixy,jxy->ij", log_ratio, pol) / pol.shape[1]
-    return np.diag(L)[:, None] - L
+    return np.einsum("ixy,jxy->ij", log_ratio, pol) / pol.shape[1]
 
 
 def payoff_matrix(regret, importance=None) -> np.ndarray:
