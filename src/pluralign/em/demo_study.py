@@ -59,7 +59,7 @@ SHARES = (0.7, 0.3)
 ROLE_REWARDS = np.array([[2.0, -1.0, 0.5, -1.5],   # majority, over roles M, N, S, B
                          [-1.0, 2.5, 0.5, -1.5]])  # minority
 CANDIDATES = [["A", "B", "C", "D"], ["W", "X", "Y", "Z"]]  # one byte token each; disjoint sets
-FEATURE_NOISE = 0.8  # std of the Gaussian noise on the one-hot group indicator (k-means features)
+FEATURE_NOISE = 0.6  # std of the Gaussian noise on the one-hot group indicator (k-means features)
 GROUP_NAMES = ["majority", "minority"]
 
 
@@ -136,18 +136,23 @@ def exact_answers(world: World, tw: TabularWorld) -> dict:
     return {"policies": rows, "mmra_weights": mmra["weights"].tolist(), "mmra_value": float(mmra["worst_regret"])}
 
 
-def tabular_answers(world: World, tw: TabularWorld, v: Votes, clusters: np.ndarray, seed: int) -> dict:
+def tabular_answers(world: World, tw: TabularWorld, v: Votes, clusters: np.ndarray, rounds: int, seed: int) -> dict:
     """The lab's tabular EM-DPO on the same votes from the same k-means ``clusters`` (so its first
-    M-step is tabular Cluster-DPO), MMRA over its policies and over the Cluster-DPO ones, pooled
-    tabular (PL-)DPO, and the ARIs (EM, clusters, true-reward posterior, chance)."""
+    M-step is tabular Cluster-DPO), run for the LM's number of ``rounds`` and to convergence; MMRA
+    over its policies and over the Cluster-DPO ones, pooled tabular (PL-)DPO, and the ARIs (EM,
+    clusters, true-reward posterior, chance)."""
     rng = np.random.default_rng([seed, 11])
     n_types = world.n_groups
-    em = em_dpo_tabular(v.orders, v.annotator, tw.pi_ref, tw.beta, n_types, rng, true_types=v.types,
-                        init_gamma=np.eye(n_types)[clusters])
+    init = np.eye(n_types)[clusters]
+    same_rounds = em_dpo_tabular(v.orders, v.annotator, tw.pi_ref, tw.beta, n_types, rng, true_types=v.types,
+                                 init_gamma=init, max_iter=rounds)
+    em = em_dpo_tabular(v.orders, v.annotator, tw.pi_ref, tw.beta, n_types, rng, true_types=v.types, init_gamma=init)
     pooled = em_dpo_tabular(v.orders, v.annotator, tw.pi_ref, tw.beta, 1, rng)
     em_mmra, cluster_mmra = mw.mmra_of(em.policies, tw.pi_ref), mw.mmra_of(em.cluster_policies, tw.pi_ref)
     return {
-        "ari": float(em.ari), "cluster_ari": float(adjusted_rand_index(v.types, clusters)),
+        "pooled_policy": pooled.policies[0].tolist(),
+        "ari": float(em.ari), "ari_same_rounds": float(same_rounds.ari), "em_iterations": em.fit.n_iter,
+        "cluster_ari": float(adjusted_rand_index(v.types, clusters)),
         "true_reward_ari": float(mw.oracle_ari(tw, v.orders, v.annotator, v.types)),
         "chance_ari_95": ari_chance_level(v.types, em.fit.labels, np.random.default_rng([seed, 13])),
         "type_weights": em.fit.eta.tolist(), "mmra_weights": em_mmra["weights"].tolist(),
@@ -172,17 +177,20 @@ class Settings:
     lr: float = 2e-2
 
 
-QUICK = Settings(rank_annotators=60, rankings_per_annotator=4, binary_annotators=240, sft_steps=40, mstep_steps=30,
-                 rounds=2)
-FULL = Settings(rank_annotators=100, rankings_per_annotator=4, binary_annotators=400, sft_steps=60, mstep_steps=50,
-                rounds=3)
+QUICK = Settings(rank_annotators=60, rankings_per_annotator=4, binary_annotators=200, sft_steps=30, mstep_steps=25,
+                 rounds=1)
+FULL = Settings(rank_annotators=100, rankings_per_annotator=4, binary_annotators=400, sft_steps=40, mstep_steps=40,
+                rounds=2)
 
 
-def _run_config(out: Path, objective: str, steps: int, batch: int, lr: float, seed: int, model_name: str = "tiny"):
-    from pluralign.train.config import ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, TrainConfig
+def _run_config(out: Path, objective: str, steps: int, batch: int, lr: float, seed: int):
+    from pluralign.train.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, TrainConfig
 
-    # full batch, cosine to 0, no clipping: the loss is a smooth function of a few candidate log-probs
-    return RunConfig(model=ModelConfig(name=model_name, tokenizer="byte", seed=seed),
+    # Full batch, cosine to 0, no clipping: the loss is a smooth function of a few candidate log-probs.
+    # One-token responses: the shared layout with one dense masked attention call is the cheap path
+    # (the per-response kernel and the start-up layout check cost more than they save here).
+    return RunConfig(model=ModelConfig(name="tiny", tokenizer="byte", seed=seed, prefix_attention=False),
+                     data=DataConfig(layout="shared", max_length=32, max_prompt_length=24),
                      objective=ObjectiveConfig(name=objective, beta=BETA),
                      optim=OptimConfig(lr=lr, scheduler="cosine", max_grad_norm=None),
                      train=TrainConfig(output_dir=str(out), batch_size=batch, max_steps=steps, log_every=steps,
@@ -226,3 +234,269 @@ def pooled_lm(sft_model, tokenizer, records, out: Path, settings: Settings, seed
     data = distinct_records(records)
     cfg = _run_config(out, "plackett_luce", settings.mstep_steps, len(data), settings.lr, seed)
     return train(cfg, model=copy.deepcopy(sft_model), tokenizer=tokenizer, records=data).model
+
+
+def em_lm(sft_model, tokenizer, records, v: Votes, features: np.ndarray, objective: str, out: Path,
+          settings: Settings, seed: int, kind: str = "full"):
+    """EM-DPO on the tiny LM (``pluralign.em.loop.run_em``), k-means initialised on ``features``;
+    every M-step is full batch. Types are full copies by default: on this 2-layer model a copy is
+    cheap and full fine-tuning reaches the M-step optimum in fewer steps than a LoRA adapter.
+    Returns its EMResult (the run directory is ``out``)."""
+    from pluralign.em import EMConfig, EMRunConfig
+    from pluralign.em.loop import run_em
+    from pluralign.train.config import LoraConfig
+
+    base = _run_config(out, objective, settings.mstep_steps, len(records), settings.lr, seed)
+    base.model.lora = LoraConfig(r=8, alpha=16) if kind == "lora" else None
+    cfg = EMRunConfig(model=base.model, data=base.data, objective=base.objective, optim=base.optim, train=base.train,
+                      em=EMConfig(n_types=2, rounds=settings.rounds + 1, kind=kind, init="kmeans",
+                                  features="in-memory", seed=seed))
+    return run_em(cfg, model=copy.deepcopy(sft_model), tokenizer=tokenizer, records=records,
+                  features={i: f for i, f in zip(v.ids, features)})
+
+
+def cluster_labels(run_dir: Path, ids: list[str]) -> np.ndarray:
+    """The k-means clusters the LM's EM started from (``cluster_dpo/posteriors.jsonl`` holds the
+    round-0 responsibilities, one-hot), in the order of ``ids``."""
+    rows = [json.loads(line) for line in (run_dir / "cluster_dpo" / "posteriors.jsonl").read_text().splitlines()]
+    label = {r["annotator_id"]: r["type"] for r in rows}
+    return np.array([label[i] for i in ids])
+
+
+def em_labels(result, ids: list[str]) -> np.ndarray:
+    """MAP type of every annotator in the LM's EM result, in the order of ``ids``."""
+    where = {a: i for i, a in enumerate(result.annotators)}
+    return np.array([int(np.argmax(result.gamma[where[i]])) for i in ids])
+
+
+def lm_mixtures(run_dir: Path):
+    """(EM-DPO mixture, Cluster-DPO mixture) of an EM run as MixturePolicies (``pluralign.mixture``),
+    with the run's type weights; the Cluster-DPO one from the round-0 folder ``cluster_dpo/``."""
+    from pluralign.mixture.em_run import load_em_run
+    from pluralign.mixture.policy import assemble
+
+    run = load_em_run(run_dir)
+    em_mix = run.mixture()
+    cluster = json.loads((run_dir / "cluster_dpo" / "em_result.json").read_text())
+    tokenizer = run.tokenizer()
+    cluster_mix = assemble(run.load_base(tokenizer), tokenizer, cluster["kind"],
+                           [run_dir / "cluster_dpo" / t for t in cluster["types"]], run.type_names,
+                           cluster["type_weights"], beta=float(cluster["beta"]),
+                           where=str(run_dir / "cluster_dpo" / "em_result.json"))
+    return em_mix, cluster_mix
+
+
+def lm_mmra(mix, world: World) -> dict:
+    """MMRA on a MixturePolicy's type policies (``pluralign.mixture``): the exact regret matrix on
+    the world (each policy's renormalised candidate distribution), LP and Hedge weights, and the
+    deployed mixture's candidate distribution with the LP weights (its exact mixture probability,
+    renormalised), beside the mixture of the types' renormalised distributions."""
+    from pluralign.eval.world_eval import candidate_distributions
+    from pluralign.mixture.regret import mmra_weights, world_log_ratios
+    from pluralign.worlds import renormalise
+
+    regret = world_log_ratios(mix, world).regret("reward")
+    weights = mmra_weights(regret, hedge_steps=20_000)
+    deployed = mix.with_weights(weights["weights"]["lp"])
+    pi = np.stack([renormalise(deployed.candidate_logprobs(p, c)) for p, c in zip(world.prompts, world.candidates)])
+    types = np.stack([np.stack(candidate_distributions(m, mix.tokenizer, world)) for _, m in mix.type_policies()])
+    return {"regret_matrix": regret, "weights_lp": np.asarray(weights["weights"]["lp"]),
+            "weights_hedge": np.asarray(weights["weights"]["hedge"]), "lp_value": float(weights["lp_value"]),
+            "hedge_worst": float(weights["worst_case_regret"]["mmra_hedge"]), "type_policies": types,
+            "policy": pi, "mixture_of_renormalised": mw.mixture(types, np.asarray(weights["weights"]["lp"]))}
+
+
+# ---------------------------------------------------------------- the study
+def run_mixture_study(out_dir, quick: bool = False, seed: int = 0) -> dict:
+    """Run the study (module doc); write ``mixture.md``, ``summary.json`` and plots into ``out_dir``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one-token candidates on the tiny LM: extra threads only contend
+    try:
+        return _run(Path(out_dir), quick, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, quick: bool, seed: int) -> dict:
+    from pluralign.eval.world_eval import candidate_distributions
+
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    out.mkdir(parents=True, exist_ok=True)
+    s = QUICK if quick else FULL
+    world = mixture_world()
+    print(f"[mixture 1/5] SFT of the tiny LM on the candidates ({s.sft_steps} steps); the lab's exact answers")
+    sft, tokenizer, _ = sft_reference(world, out / "sft", s, seed)
+    pi_sft = candidate_distributions(sft, tokenizer, world)
+    tw = tabular_world(world, pi_sft, BETA)
+    exact = exact_answers(world, tw)
+
+    data = {"rankings": world.sample_rankings(s.rank_annotators * s.rankings_per_annotator, seed=seed + 1,
+                                              n_per_annotator=s.rankings_per_annotator, n_shown=3),
+            "binary": world.sample_pairs(s.binary_annotators, seed=seed + 2, n_per_annotator=1)}
+    objective = {"rankings": "plackett_luce", "binary": "dpo"}
+    designs, lm_pooled = {}, {}
+    for i, (name, records) in enumerate(data.items()):
+        v = votes(world, records)
+        feats = annotator_features(v, world.n_groups, FEATURE_NOISE, seed)
+        print(f"[mixture {2 + 2 * i}/5] {name}: pooled {objective[name]} on the tiny LM")
+        pooled = pooled_lm(sft, tokenizer, records, out / f"pooled_{name}", s, seed) if name == "rankings" else None
+        print(f"[mixture {3 + 2 * i}/5] {name}: EM-DPO on the tiny LM ({s.rounds + 1} rounds, k-means start), the lab's "
+              "tabular EM on the same votes")
+        result = em_lm(sft, tokenizer, records, v, feats, objective[name], out / f"em_{name}", s, seed)
+        clusters = cluster_labels(out / f"em_{name}", v.ids)
+        tabular = tabular_answers(world, tw, v, clusters, s.rounds + 1, seed)
+        labels = em_labels(result, v.ids)
+        design = {"records": len(records), "annotators": len(v.ids), "per_annotator": len(records) // len(v.ids),
+                  "lm": {"ari": adjusted_rand_index(v.types, labels), "cluster_ari": adjusted_rand_index(v.types, clusters),
+                         "type_weights": result.type_weights.tolist(),
+                         "chance_ari_95": ari_chance_level(v.types, labels, np.random.default_rng([seed, 17])),
+                         "rounds": result.rounds},
+                  "lab": tabular}
+        if pooled is not None:
+            lm_pooled[name] = np.stack(candidate_distributions(pooled, tokenizer, world))
+            design["lm"]["policies"] = {"pooled": policy_row(world, tw, lm_pooled[name])}
+            em_mix, cluster_mix = (lm_mmra(m, world) for m in lm_mixtures(out / f"em_{name}"))
+            design["lm"]["policies"].update({"MMRA of EM-DPO": policy_row(world, tw, em_mix["policy"]),
+                                             "MMRA of Cluster-DPO": policy_row(world, tw, cluster_mix["policy"])})
+            design["lm"]["mmra"] = {k: _plain(m) for k, m in (("em", em_mix), ("cluster", cluster_mix))}
+            design["lm"]["pooled_vs_lab_max_abs"] = float(np.abs(lm_pooled[name] - np.array(tabular["pooled_policy"])).max())
+        designs[name] = design
+    summary = {"beta": BETA, "shares": list(SHARES), "role_rewards": ROLE_REWARDS.tolist(),
+               "feature_noise": FEATURE_NOISE, "settings": s.__dict__, "quick": quick, "seed": seed,
+               "pi_sft": np.stack(pi_sft).tolist(), "exact": exact, "designs": designs,
+               "seconds": time.perf_counter() - t_start, "cpu_seconds": time.process_time() - cpu_start}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plots(out, summary)
+    (out / "mixture.md").write_text(_report(summary))
+    print(f"report: {out / 'mixture.md'}  ({summary['seconds']:.0f} s, {summary['cpu_seconds']:.0f} s CPU)")
+    return summary
+
+
+def _plain(m: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in m.items()}
+
+
+POLICY_ORDER = ["pooled", "MMRA of Cluster-DPO", "MMRA of EM-DPO"]
+
+
+def _plots(out: Path, s: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rank = s["designs"]["rankings"]
+    fig, ax = plt.subplots(figsize=(7.6, 4.4))
+    labels, width = [], 0.2
+    bars = [(f"LM {p}", rank["lm"]["policies"][p]) for p in POLICY_ORDER]
+    bars += [(f"lab tabular {p}", rank["lab"]["policies"][p]) for p in POLICY_ORDER]
+    bars.append(("lab exact MMRA of the group optima", s["exact"]["policies"]["MMRA of the group optima"]))
+    x = np.arange(len(bars))
+    for g, (name, colour) in enumerate(zip(GROUP_NAMES, ("tab:blue", "tab:orange"))):
+        ax.bar(x + (g - 0.5) * width * 2, [b[1]["regret"][name] for b in bars], width * 2, color=colour,
+               label=f"{name} regret")
+        labels = [b[0] for b in bars]
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("true regret (units of r / beta)")
+    ax.set_title("Per-group regret on the rankings data: LM vs the lab")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "regrets.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    names = list(s["designs"])
+    series = [("LM EM-DPO", lambda d: d["lm"]["ari"]), ("lab tabular EM-DPO", lambda d: d["lab"]["ari"]),
+              ("k-means start (Cluster-DPO)", lambda d: d["lm"]["cluster_ari"]),
+              ("posterior with the true rewards", lambda d: d["lab"]["true_reward_ari"]),
+              ("random labels, 95th percentile", lambda d: d["lm"]["chance_ari_95"])]
+    x = np.arange(len(names))
+    for i, (label, get) in enumerate(series):
+        ax.bar(x + (i - 2) * 0.16, [get(s["designs"][n]) for n in names], 0.16, label=label)
+    ax.set_xticks(x, [f"{n} ({s['designs'][n]['per_annotator']} per annotator)" for n in names])
+    ax.set_ylabel("adjusted Rand index vs the true groups")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7)
+    ax.set_title("Recovering the annotator groups")
+    fig.tight_layout()
+    fig.savefig(out / "ari.png", dpi=120)
+    plt.close(fig)
+
+
+def _row(name: str, r: dict) -> str:
+    return (f"| {name} | {r['minority_mass']:.3f} | {r['regret']['majority']:.3f} | {r['regret']['minority']:.3f} | "
+            f"{r['worst_regret']:.3f} |")
+
+
+def _report(s: dict) -> str:
+    st, ex, rank, binary = s["settings"], s["exact"], s["designs"]["rankings"], s["designs"]["binary"]
+    head = "| policy | minority mass | majority regret | minority regret | worst-group regret |\n|---|---|---|---|---|"
+    lines = [
+        "## Heterogeneous annotators: EM-DPO and min-max-regret aggregation",
+        "",
+        f"World: 2 prompts x 4 one-byte candidates; a {s['shares'][0]:.0%} majority and a {s['shares'][1]:.0%} "
+        f"minority with Bradley-Terry rewards (roles M, N, S, B) majority {s['role_rewards'][0]}, minority "
+        f"{s['role_rewards'][1]}; beta = {s['beta']}. The tiny LM is SFT-ed on the candidates for {st['sft_steps']} "
+        f"steps (reference pi_SFT, mean mass per candidate {np.mean(s['pi_sft']):.3f}); every policy below is "
+        f"trained from it with full-batch AdamW (lr {st['lr']:g}, cosine to 0, {st['mstep_steps']} steps per M-step). "
+        f"Regret of group g for a policy pi: mean over prompts of (E_{{pi*_g}} - E_pi)[r_g] / beta, with pi*_g the "
+        f"group's own optimum (pi_SFT exp(r_g / beta), normalised), computed exactly on the candidates. "
+        f"Run time {s['seconds']:.0f} s{' (quick mode)' if s['quick'] else ''}.",
+        "",
+        "### The lab's exact answer on this world (population, reference pi_SFT)",
+        "",
+        head,
+        *[_row(name, r) for name, r in ex["policies"].items()],
+        "",
+        f"Pooled DPO, which ignores who voted, keeps only {ex['policies']['pooled PL-DPO (rankings of 3)']['minority_mass']:.3f} "
+        f"of the mass on the minority's pick (its own optimum: {ex['policies']['minority optimum']['minority_mass']:.3f}). "
+        f"The exact MMRA mixture of the two group optima (weights {np.round(ex['mmra_weights'], 3).tolist()}) "
+        f"equalises the groups' regrets at {ex['mmra_value']:.3f}.",
+        "",
+        "### Recovering the groups",
+        "",
+        f"Two data sets from the world: **rankings**, {rank['annotators']} annotators x {rank['per_annotator']} rankings "
+        f"of 3 shown candidates; **binary**, {binary['annotators']} annotators x 1 comparison. Each annotator has a "
+        f"feature vector, its group's one-hot indicator plus N(0, {s['feature_noise']}^2) noise, for the k-means "
+        f"initialisation (the authors' choice; its round-0 policies are Cluster-DPO). EM-DPO runs "
+        f"{st['rounds'] + 1} rounds with 2 types (full copies of the tiny LM) (`pluralign.em`); the lab's tabular EM-DPO starts "
+        "from the same k-means clusters on the same votes.",
+        "",
+        "| data | ARI, LM EM-DPO | ARI, lab tabular EM-DPO, same rounds | ARI, lab, to convergence | ARI, k-means start | "
+        "ARI, posterior with the true rewards | ARI of random labels (95th pct.) | LM type weights |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {n} | {d['lm']['ari']:.3f} | {d['lab']['ari_same_rounds']:.3f} | {d['lab']['ari']:.3f} "
+          f"({d['lab']['em_iterations']} rounds) | {d['lm']['cluster_ari']:.3f} | "
+          f"{d['lab']['true_reward_ari']:.3f} | {d['lm']['chance_ari_95']:.3f} | "
+          f"{np.round(d['lm']['type_weights'], 3).tolist()} |" for n, d in s["designs"].items()],
+        "",
+        "With one binary comparison per annotator the groups are not identifiable (paper 3, Lemma 4.1): "
+        "EM's labels are near chance, and even the posterior computed with the true rewards and shares "
+        "labels few annotators correctly. Rankings of 3, several per annotator, identify them.",
+        "",
+        "![ARI](ari.png)",
+        "",
+        "### One policy for everyone: MMRA vs pooled DPO vs Cluster-DPO (rankings data)",
+        "",
+        "MMRA weights come from each run's own regret matrix (`pluralign.mixture`: exact on the world's "
+        "candidates, implicit rewards log pi_k / pi_SFT, LP); the deployed LM mixture is the MixturePolicy with "
+        "those weights (its exact mixture probability, renormalised over the candidates). Cluster-DPO is MMRA "
+        "over the round-0 (k-means cluster) policies.",
+        "",
+        head.replace("| policy |", "| policy | source |").replace("|---|", "|---|---|", 1),
+        *[_row(f"{p} | LM", rank["lm"]["policies"][p]) for p in POLICY_ORDER],
+        *[_row(f"{p} | lab tabular (same votes)", rank["lab"]["policies"][p]) for p in POLICY_ORDER],
+        _row("MMRA of the group optima | lab exact", ex["policies"]["MMRA of the group optima"]),
+        "",
+        f"LM MMRA weights (LP) {np.round(rank['lm']['mmra']['em']['weights_lp'], 3).tolist()}, optimistic Hedge "
+        f"{np.round(rank['lm']['mmra']['em']['weights_hedge'], 3).tolist()}; Cluster-DPO's "
+        f"{np.round(rank['lm']['mmra']['cluster']['weights_lp'], 3).tolist()}. Pooled PL-DPO, LM vs the lab's "
+        f"tabular fit of the same votes: max |difference| of a candidate probability "
+        f"{rank['lm']['pooled_vs_lab_max_abs']:.4f}.",
+        "",
+        "![regrets](regrets.png)",
+        "",
+    ]
+    return "\n".join(lines)
