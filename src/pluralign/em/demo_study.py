@@ -424,13 +424,15 @@ def _plots(out: Path, s: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     names = list(s["designs"])
-    series = [("LM EM-DPO", lambda d: d["lm"]["ari"]), ("lab tabular EM-DPO", lambda d: d["lab"]["ari"]),
+    series = [("LM EM-DPO", lambda d: d["lm"]["ari"]),
+              ("lab tabular EM-DPO, same rounds", lambda d: d["lab"]["ari_same_rounds"]),
+              ("lab tabular EM-DPO, to convergence", lambda d: d["lab"]["ari"]),
               ("k-means start (Cluster-DPO)", lambda d: d["lm"]["cluster_ari"]),
               ("posterior with the true rewards", lambda d: d["lab"]["true_reward_ari"]),
               ("random labels, 95th percentile", lambda d: d["lm"]["chance_ari_95"])]
     x = np.arange(len(names))
     for i, (label, get) in enumerate(series):
-        ax.bar(x + (i - 2) * 0.16, [get(s["designs"][n]) for n in names], 0.16, label=label)
+        ax.bar(x + (i - 2.5) * 0.14, [get(s["designs"][n]) for n in names], 0.14, label=label)
     ax.set_xticks(x, [f"{n} ({s['designs'][n]['per_annotator']} per annotator)" for n in names])
     ax.set_ylabel("adjusted Rand index vs the true groups")
     ax.axhline(0, color="k", lw=0.5)
