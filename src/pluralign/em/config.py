@@ -21,7 +21,7 @@ class EMConfig:
     n_types: int = 2  # K latent annotator types (K = 1 is plain DPO / PL-DPO)
     rounds: int = 5  # EM rounds, each an M-step per type then an E-step (the authors use 5)
     kind: str = "lora"  # lora: one adapter per type on a shared base (needs model.lora) | full: one model copy per type
-    init: str = "auto"  # kmeans (needs features) | random (Dirichlet responsibilities) | auto: kmeans when features are given
+    init: str = "auto"  # kmeans (needs features) | random (a random partition of the annotators) | auto: kmeans when features are given
     features: str | None = None  # JSONL/JSON/CSV of per-annotator feature vectors (annotator_id + features) for k-means
     split_halves: bool | None = None  # E-step on one half of each annotator's votes, M-step on the other, alternating
     #   (None: on for a random initialisation, which would otherwise freeze; off for k-means)
@@ -29,7 +29,7 @@ class EMConfig:
     eta_floor: float = 1e-3  # type weights are floored at this and renormalised, so no type dies
     true_groups: str | None = None  # JSON {annotator_id: group}; default: the GROUP of ids "GROUP/aN" (worlds) when all have one
     save_cluster_dpo: bool = True  # k-means init: save the round-0 policies (the Cluster-DPO baseline) to cluster_dpo/
-    seed: int = 0  # initialisation (k-means, Dirichlet draws, half splits)
+    seed: int = 0  # initialisation (k-means, the random partition, half splits)
 
     def __post_init__(self):
         checks = [

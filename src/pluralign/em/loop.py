@@ -50,7 +50,7 @@ from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
 from pluralign.train.data import load_records
 from pluralign.train.offline import train
-from pluralign.train.reference import compute_table
+from pluralign.train.reference import cache_key, compute_table, precompute_reference
 from pluralign.train.setup import build_tokenizer
 from pluralign.train.wiring import start_run
 
@@ -116,7 +116,6 @@ def _sub_config(cfg: EMRunConfig, out: Path, k: int) -> RunConfig:
     sub.train.output_dir = str(out / "mstep" / f"type_{k}")
     sub.train.resume, sub.train.overwrite = False, True
     sub.train.keep_checkpoints = 1
-    sub.train.seed = cfg.train.seed + k
     sub.train.eval_every = None
     sub.data.eval_fraction, sub.data.eval_path = 0.0, None
     sub.reference.cache_dir = str(out / "reference_cache")
@@ -154,9 +153,19 @@ class _Scorer:
             return compute_table(module, data, Collator(self.pad_id, layout, self.cfg.data.max_row_tokens),
                                  self.cfg.train.batch_size, device)
 
-    def reference(self, data, layout):
+    def reference(self, data, layout, tokenizer, cache_dir: Path):
+        """The reference table, through the M-steps' on-disk cache (same key, so a data set an
+        M-step has seen is not computed again)."""
         model, context = self.types.reference()
-        return self.table(model, data, layout, context)
+        lora = self.types.kind == "lora"
+        key = cache_key(model, tokenizer, data, self.cfg.model.dtype, "no", skip_adapters=lora)
+        module = self._module(model)
+        collator = Collator(self.pad_id, layout, self.cfg.data.max_row_tokens)
+        with evaluating(model), context:
+            logps, counts, _ = precompute_reference(module, data, collator, self.cfg.train.batch_size,
+                                                    next(model.parameters()).device,
+                                                    cache_dir / f"{key}.safetensors", key)
+        return logps, counts
 
     def policy(self, k, data, layout):
         return self.table(self.types.policy(k), data, layout)[0]
@@ -269,7 +278,7 @@ def run_em(cfg: EMRunConfig, *, model=None, tokenizer=None, records=None, eval_r
         # gamma uses the other half of the votes, the reported one uses them all.
         t1 = time.perf_counter()
         if "train" not in refs:
-            refs["train"] = scorer.reference(data, layout)
+            refs["train"] = scorer.reference(data, layout, tokenizer, out / "reference_cache")
         loglik = np.zeros((len(records), em.n_types))
         for k in range(em.n_types):
             loglik[:, k] = _scores(cfg, scorer, data, fields, refs["train"], k, layout)[0]
@@ -291,7 +300,7 @@ def run_em(cfg: EMRunConfig, *, model=None, tokenizer=None, records=None, eval_r
             row["ari_initial"] = adjusted_rand_index(truth, initial_labels)
         if eval_data is not None:
             if "eval" not in refs:
-                refs["eval"] = scorer.reference(eval_data, layout)
+                refs["eval"] = scorer.reference(eval_data, layout, tokenizer, out / "reference_cache")
             resp = np.where(eval_annotator[:, None] >= 0, full_gamma[np.maximum(eval_annotator, 0)], new_eta[None])
             ew = np.array([r.weight for r in eval_records])
             for k in range(em.n_types):

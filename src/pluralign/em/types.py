@@ -37,7 +37,8 @@ class LoraTypes:
         self.n_types = n_types
         with torch.random.fork_rng(devices=[]):
             for k in range(n_types):
-                torch.manual_seed(seed + k)  # each type its own initial A (so types differ from the first step)
+                # Every type starts from the same adapter, so types differ only by their responsibilities.
+                torch.manual_seed(seed)
                 if k == 0:
                     self.model = get_peft_model(base, config(), adapter_name=type_name(0))
                 else:
