@@ -44,7 +44,7 @@ def perturbed_copy(model, seed: int, scale: float = 0.05):
 
 
 def build_em_run(run_dir, *, kind: str = "lora", n_types: int = 2, weights=(0.6, 0.4), world: str | None = "tiny",
-                 data_path: str | None = None, beta: float = 0.1, seed: int = 0) -> Path:
+                 data_path: str | None = None, beta: float = 0.1, seed: int = 0, noise: float = 0.05) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer("byte")
@@ -64,7 +64,7 @@ def build_em_run(run_dir, *, kind: str = "lora", n_types: int = 2, weights=(0.6,
         base.save_pretrained(run_dir / "base")
         base_entry["name"] = "base"
         for k in range(n_types):
-            perturbed_copy(base, seed + 1000 * (k + 1)).save_pretrained(run_dir / types[k])
+            perturbed_copy(base, seed + 1000 * (k + 1), noise).save_pretrained(run_dir / types[k])
     data = {"world": {"name": world, "kind": "rankings", "num_records": 60, "seed": 1}} if world else {"path": data_path}
     config = {"model": {"name": "tiny", "seed": seed, "dtype": "float32"}, "data": data,
               "objective": {"name": "dpo", "beta": beta}, "train": {"output_dir": str(run_dir)},

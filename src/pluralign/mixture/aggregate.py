@@ -7,7 +7,8 @@ or on a given prompt file; solves the min-max game by LP and by optimistic Hedge
 
     OUT/regret.json   the log-ratio matrix L, the regret matrix, both weight vectors, the LP value,
                       the worst-case regret of MMRA (LP and Hedge), of every single type policy and of
-                      the uniform mixture, each type's regret under each of them
+                      the uniform mixture, each type's regret under each of them; on a world also the
+                      world's true per-group regret of each of these policies
     OUT/mixture/      the MixturePolicy with the chosen solver's weights (``MixturePolicy.from_pretrained``)
 
 (OUT defaults to RUN_DIR/aggregate.)
@@ -68,6 +69,21 @@ def distinct(prompts: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(prompts))
 
 
+def world_group_regrets(mixture, world, mixtures: dict) -> dict:
+    """The world's true per-group regret (``evaluate_policy``: max_k r_g(x, k) - E_pi r_g(x, .), mean
+    over prompts, Bradley-Terry reward units) of each ``{name: weights}`` mixture of the type
+    policies, from the exact mixture distribution over each prompt's candidates."""
+    from pluralign.mixture.policy import mixture_logprob
+    from pluralign.worlds import evaluate_policy, renormalise
+
+    per_type = [mixture.candidate_type_logprobs(p, c) for p, c in zip(world.prompts, world.candidates)]
+    out = {}
+    for name, w in mixtures.items():
+        dists = [renormalise(mixture_logprob(lp, np.asarray(w, dtype=float))) for lp in per_type]
+        out[name] = evaluate_policy(world, dists)["mean"]["regret"]
+    return out
+
+
 def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: str = "reward",
               importance: Sequence[float] | None = None, num_completions: int = 4, max_new_tokens: int = 64,
               temperature: float = 1.0, max_prompts: int = 64, seed: int = 0, hedge_steps: int = 100_000,
@@ -85,10 +101,11 @@ def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: st
     K = run.result["n_types"]
     if importance is not None and (len(importance) != K or any(not c > 0 for c in importance)):
         raise MixtureError(f"importance: expected {K} positive numbers (one per type), got {list(importance)}")
+    if mode == "world" and prompts_file is not None:
+        raise MixtureError("mode 'world' computes exactly on the run's world; --prompts applies to sampled mode")
     world = run.world() if prompts_file is None and mode != "sampled" else None
     if mode == "world" and world is None:
-        raise MixtureError(f"mode 'world': {Path(run_dir) / 'config.json'} has no data.world"
-                           + (" (and --prompts asks for sampling)" if prompts_file else ""))
+        raise MixtureError(f"mode 'world': {Path(run_dir) / 'config.json'} has no data.world")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, num_completions=num_completions, seed=seed)
     prompts_info: dict = {}
     if world is None:
@@ -110,7 +127,9 @@ def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: st
         prompts_info = {"source": source, "n_distinct": len(unique), "n_used": min(len(unique), max_prompts)}
         prompts = unique[:max_prompts]
 
-    mixture = run.mixture()
+    import torch
+
+    mixture = run.mixture().to("cuda" if torch.cuda.is_available() else "cpu")
     if world is not None:
         ratios = world_log_ratios(mixture, world)
         prompts_info = {"source": f"world {run.config['data']['world']['name']!r} (exact, candidate sets)",
@@ -144,6 +163,12 @@ def aggregate(run_dir, *, prompts_file=None, mode: str = "auto", regret_kind: st
         "lp_hedge_max_abs_diff": float(np.max(np.abs(np.subtract(solved["weights"]["lp"], solved["weights"]["hedge"])))),
         "mixture": {"path": "mixture", "weights": chosen, "solver": solver},
     }
+    if world is not None:
+        policies = {"mmra_lp": solved["weights"]["lp"], "mmra_hedge": solved["weights"]["hedge"],
+                    "uniform": np.full(K, 1.0 / K), **{n: np.eye(K)[k] for k, n in enumerate(mixture.type_names)}}
+        groups = world_group_regrets(mixture, world, policies)
+        result["world_group_regret"] = groups
+        result["world_worst_group_regret"] = {name: max(r.values()) for name, r in groups.items()}
     (out / "regret.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

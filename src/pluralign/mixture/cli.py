@@ -42,7 +42,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--importance", type=_floats, default=None, help="per-type importance weights c, e.g. 1,4")
     p.add_argument("--num-completions", type=int, default=4, help="generations per prompt and type")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="1 samples each type policy itself; other "
+                   "values estimate L under the tempered sampler")
     p.add_argument("--max-prompts", type=int, default=64, help="distinct prompts used at most (first ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hedge-steps", type=int, default=100_000, help="optimistic Hedge iterations T (step 5/sqrt(T))")

@@ -98,6 +98,12 @@ class MixturePolicy:
     def modules(self) -> list[torch.nn.Module]:
         return [self.model] + (self.type_models or [])
 
+    def to(self, device) -> "MixturePolicy":
+        """Move the base, the adapters and any full type copies to ``device`` (in place)."""
+        for m in self.modules():
+            m.to(device)
+        return self
+
     def with_weights(self, weights) -> "MixturePolicy":
         """The same type policies (shared, not copied) with other mixture weights."""
         return MixturePolicy(self.model, self.tokenizer, self.type_names, weights, kind=self.kind,

@@ -67,7 +67,8 @@ def sampled_log_ratios(mixture, prompt_ids: Sequence[Sequence[int]], params: Sam
     ``params.seed + j``), each scored by every pi_i and by pi_SFT. L[i, j] is the mean over the
     N = prompts x k completions of log pi_i(y) - log pi_SFT(y) (every prompt has k draws, so this is
     the mean over prompts of the per-prompt means); ``stderr`` treats the N draws as i.i.d.
-    (conservative for a fixed prompt set: it includes the spread between prompts)."""
+    (conservative for a fixed prompt set: it includes the spread between prompts). Temperature 1
+    without top-k/top-p samples pi_j itself; other sampling settings estimate L under that sampler."""
     K = mixture.n_types
     L, se = np.zeros((K, K)), np.zeros((K, K))
     generated = []
