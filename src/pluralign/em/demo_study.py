@@ -51,7 +51,6 @@ from pluralign.data.records import PreferenceRecord
 from pluralign.lab import mixture_world as mw
 from pluralign.lab.em_dpo import TabularWorld, em_dpo_tabular
 from pluralign.lab.identify import adjusted_rand_index, ari_chance_level
-from pluralign.lab.plackett_luce import kmeans_labels
 from pluralign.worlds import World
 
 log = logging.getLogger(__name__)
@@ -240,9 +239,9 @@ def pooled_lm(sft_model, tokenizer, records, out: Path, settings: Settings, seed
     return train(cfg, model=copy.deepcopy(sft_model), tokenizer=tokenizer, records=data).model
 
 
-def em_lm(sft_model, tokenizer, records, v: Votes, features: np.ndarray, objective: str, out: Path,
-          settings: Settings, seed: int, kind: str = "full"):
-    """EM-DPO on the tiny LM (``pluralign.em.loop.run_em``), k-means initialised on ``features``;
+def em_lm(sft_model, tokenizer, records, features: Path, objective: str, out: Path, settings: Settings, seed: int,
+          kind: str = "full"):
+    """EM-DPO on the tiny LM (``pluralign.em.loop.run_em``), k-means initialised on the ``features`` file;
     every M-step is full batch. Types are full copies by default: on this 2-layer model a copy is
     cheap and full fine-tuning reaches the M-step optimum in fewer steps than a LoRA adapter.
     Returns its EMResult (the run directory is ``out``)."""
@@ -254,9 +253,8 @@ def em_lm(sft_model, tokenizer, records, v: Votes, features: np.ndarray, objecti
     base.model.lora = LoraConfig(r=8, alpha=16) if kind == "lora" else None
     cfg = EMRunConfig(model=base.model, data=base.data, objective=base.objective, optim=base.optim, train=base.train,
                       em=EMConfig(n_types=2, rounds=settings.rounds + 1, kind=kind, init="kmeans",
-                                  features="in-memory", seed=seed))
-    return run_em(cfg, model=copy.deepcopy(sft_model), tokenizer=tokenizer, records=records,
-                  features={i: f for i, f in zip(v.ids, features)})
+                                  features=str(features), seed=seed))
+    return run_em(cfg, model=copy.deepcopy(sft_model), tokenizer=tokenizer, records=records)
 
 
 def cluster_labels(run_dir: Path, ids: list[str]) -> np.ndarray:
@@ -341,7 +339,7 @@ def _run(out: Path, quick: bool, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     s = QUICK if quick else FULL
     world = mixture_world()
-    print(f"[mixture 1/5] SFT of the tiny LM on the candidates ({s.sft_steps} steps); the lab's exact answers")
+    print(f"[mixture 1/4] SFT of the tiny LM on the candidates ({s.sft_steps} steps); the lab's exact answers")
     sft, tokenizer, _ = sft_reference(world, out / "sft", s, seed)
     pi_sft = candidate_distributions(sft, tokenizer, world)
     tw = tabular_world(world, pi_sft, BETA)
@@ -355,11 +353,14 @@ def _run(out: Path, quick: bool, seed: int) -> dict:
     for i, (name, records) in enumerate(data.items()):
         v = votes(world, records)
         feats = annotator_features(v, world.n_groups, FEATURE_NOISE, seed)
-        print(f"[mixture {2 + 2 * i}/5] {name}: pooled {objective[name]} on the tiny LM")
-        pooled = pooled_lm(sft, tokenizer, records, out / f"pooled_{name}", s, seed) if name == "rankings" else None
-        print(f"[mixture {3 + 2 * i}/5] {name}: EM-DPO on the tiny LM ({s.rounds + 1} rounds, k-means start), the lab's "
+        pooled = None
+        if name == "rankings":
+            print(f"[mixture 2/4] {name}: pooled {objective[name]} on the tiny LM")
+            pooled = pooled_lm(sft, tokenizer, records, out / f"pooled_{name}", s, seed)
+        print(f"[mixture {3 + i}/4] {name}: EM-DPO on the tiny LM ({s.rounds + 1} rounds, k-means start), the lab's "
               "tabular EM on the same votes")
-        result = em_lm(sft, tokenizer, records, v, feats, objective[name], out / f"em_{name}", s, seed)
+        features = write_features(out / f"features_{name}.jsonl", v, feats)
+        result = em_lm(sft, tokenizer, records, features, objective[name], out / f"em_{name}", s, seed)
         clusters = cluster_labels(out / f"em_{name}", v.ids)
         tabular = tabular_answers(world, tw, v, clusters, s.rounds + 1, seed)
         labels = em_labels(result, v.ids)
