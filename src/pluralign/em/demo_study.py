@@ -462,7 +462,8 @@ def _report(s: dict) -> str:
         f"trained from it with full-batch AdamW (lr {st['lr']:g}, cosine to 0, {st['mstep_steps']} steps per M-step). "
         f"Regret of group g for a policy pi: mean over prompts of (E_{{pi*_g}} - E_pi)[r_g] / beta, with pi*_g the "
         f"group's own optimum (pi_SFT exp(r_g / beta), normalised), computed exactly on the candidates. "
-        f"Run time {s['seconds']:.0f} s{' (quick mode)' if s['quick'] else ''}.",
+        f"Seed {s['seed']}{', quick mode' if s['quick'] else ''}; run time {s['seconds']:.0f} s "
+        f"({s['cpu_seconds']:.0f} s of CPU, one torch thread).",
         "",
         "### The lab's exact answer on this world (population, reference pi_SFT)",
         "",
