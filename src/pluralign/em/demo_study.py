@@ -180,7 +180,7 @@ class Settings:
     lr: float = 2e-2
 
 
-QUICK = Settings(rank_annotators=60, rankings_per_annotator=4, binary_annotators=150, sft_steps=30, mstep_steps=25,
+QUICK = Settings(rank_annotators=60, rankings_per_annotator=4, binary_annotators=100, sft_steps=30, mstep_steps=22,
                  rounds=2)
 FULL = Settings(rank_annotators=100, rankings_per_annotator=4, binary_annotators=300, sft_steps=40, mstep_steps=40,
                 rounds=2)
