@@ -57,10 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("demo", help="the studies on built-in worlds, each next to the lab's exact answer, with reports")
-    p.add_argument("study", nargs="?", default="all", choices=["all", "preference", "dynamics", "rlhf"],
+    p.add_argument("study", nargs="?", default="all", choices=["all", "preference", "dynamics", "rlhf", "mixture"],
                    help="preference: SFT, DPO and RPO against the exact optima; dynamics: iterative IPO "
                         "converging, oscillating and collapsing against the lab's trajectories; rlhf: KL-, PM- and "
-                        "conditional PM-RLHF with a reward model against the exact optima (default: all)")
+                        "conditional PM-RLHF with a reward model against the exact optima; mixture: EM-DPO "
+                        "and MMRA for two annotator groups against the lab's exact and tabular answers (default: all)")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a shorter run (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)

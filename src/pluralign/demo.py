@@ -263,11 +263,18 @@ def _rlhf_study(out: Path, quick: bool, seed: int) -> dict:
     return run_rlhf_study(out, quick=quick, seed=seed)
 
 
+def _mixture_study(out: Path, quick: bool, seed: int) -> dict:
+    from pluralign.em.demo_study import run_mixture_study
+
+    return run_mixture_study(out / "mixture", quick=quick, seed=seed)
+
+
 # Each study writes its own report into its folder; `pluralign demo` runs them all and links them.
 STUDIES = {
     "preference": ("report.md", lambda out, quick, seed: run_demo(out, quick=quick, seed=seed)),
     "dynamics": ("dynamics/dynamics.md", lambda out, quick, seed: _dynamics_study(out / "dynamics", quick, seed)),
     "rlhf": ("rlhf/rlhf.md", lambda out, quick, seed: _rlhf_study(out / "rlhf", quick, seed)),
+    "mixture": ("mixture/mixture.md", _mixture_study),
 }
 
 

@@ -85,7 +85,7 @@ class EMDPOResult:
 
 def em_dpo_tabular(orders, annotator, pi_ref, beta: float, n_types: int, rng: np.random.Generator, *,
                    max_iter: int = 100, n_restarts: int = 3, ridge: float = 1e-4, true_types=None,
-                   init: str = "kmeans") -> EMDPOResult:
+                   init: str = "kmeans", init_gamma=None) -> EMDPOResult:
     """EM-DPO with tabular policies (paper 3, PAPERS.md §4.4).
 
     E-step: ``gamma[i, k] ∝ eta_k prod_{o in D_i} l_k(o)`` in log space, with ``l_k`` the DPO pair
@@ -96,7 +96,8 @@ def em_dpo_tabular(orders, annotator, pi_ref, beta: float, n_types: int, rng: np
     finite), solved by Newton. ``orders`` index items ``x * K + y``.
     Initialisation ``init="kmeans"`` (default, the authors' choice): one-hot gamma from k-means on
     each annotator's own tabular fit, so the first M-step gives the Cluster-DPO policies;
-    ``init="dirichlet"``: random soft assignments, best of ``n_restarts``.
+    ``init="dirichlet"``: random soft assignments, best of ``n_restarts``; an explicit
+    ``init_gamma`` [n_annotators, n_types] (e.g. one-hot clusters of annotator features) overrides both.
     """
     pi_ref = as_distribution(pi_ref, "pi_ref")
     if pi_ref.ndim != 2:
@@ -104,7 +105,7 @@ def em_dpo_tabular(orders, annotator, pi_ref, beta: float, n_types: int, rng: np
     beta = as_positive(beta, "beta")
     X, K = pi_ref.shape
     fit = fit_pl_mixture(orders, annotator, np.eye(X * K), n_types, rng, max_iter=max_iter,
-                         n_restarts=n_restarts, ridge=ridge, init=init)
+                         n_restarts=n_restarts, ridge=ridge, init=init, init_gamma=init_gamma)
 
     def policies_of(theta):
         rewards = theta.reshape(n_types, X, K)
