@@ -85,6 +85,8 @@ def test_demo_rlhf_quick_sets_each_penalty_next_to_its_exact_optimum(tmp_path):
     assert s["pm_divergence_reduction_vs_kl"]["conditional PM-RLHF"]["lm"] > 0.5
     report = (out / "rlhf" / "rlhf.md").read_text()
     assert f"{cpm['lm']['pm_divergence_rm']:.4f} / {cpm['exact']['pm_divergence_rm']:.4f}" in report
+
+
 def test_demo_mixture_quick_recovers_groups_and_mmra_beats_pooled_and_cluster_dpo(tmp_path):
     """``pluralign demo mixture --quick`` through the CLI: EM-DPO and MMRA on the tiny LM against the lab.
 
