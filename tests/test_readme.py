@@ -71,12 +71,17 @@ def test_shell_commands_parse_and_their_recipes_load():
 
     commands = _commands()
     assert len(commands) >= 5 and {c[0] for c in commands} >= {"train", "validate-data"}
+    from pluralign.em.config import EMRunConfig
+    from pluralign.online.config import OnlineRunConfig
+    from pluralign.rl.config import RLRunConfig, RMRunConfig
+
+    config_types = {"rm": RMRunConfig, "rl": RLRunConfig, "online": OnlineRunConfig, "em": EMRunConfig}
     parser = build_parser()
     for words in commands:
         args = parser.parse_args(words)
-        if words[0] in ("rm", "rl", "online"):  # their own config types: the recipe must exist and be YAML
+        if words[0] in config_types:  # their own config types, loaded with the command's overrides
             assert (ROOT / args.recipe).is_file(), words
-            assert isinstance(yaml.safe_load((ROOT / args.recipe).read_text()), dict), words
+            load_config(ROOT / args.recipe, args.overrides, cls=config_types[words[0]])
             continue
         if not hasattr(args, "recipe"):  # eval: a model, no recipe
             continue

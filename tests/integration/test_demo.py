@@ -17,12 +17,19 @@ ROOT = Path(__file__).resolve().parents[2]
 POPULATION_TOLERANCE = 5e-3
 
 
-def test_demo_quick_writes_a_report_with_computed_numbers(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One ``pluralign demo --quick`` (every study) through the real CLI; each test reads its study."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     proc = subprocess.run([sys.executable, "-m", "pluralign.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-                          timeout=900)
+                          timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_demo_quick_writes_a_report_with_computed_numbers(quick_demo):
+    out = quick_demo
     summary = json.loads((out / "summary.json").read_text())
     for name in ("report.md", "minority_mass.png", "chosen_logps.png"):
         assert (out / name).stat().st_size > 0
@@ -62,12 +69,8 @@ def test_demo_quick_writes_a_report_with_computed_numbers(tmp_path):
 RLHF_TOLERANCE = 0.05
 
 
-def test_demo_rlhf_quick_sets_each_penalty_next_to_its_exact_optimum(tmp_path):
-    out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "pluralign.cli", "demo", "rlhf", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_demo_rlhf_quick_sets_each_penalty_next_to_its_exact_optimum(quick_demo):
+    out = quick_demo
     assert "rlhf/rlhf.md" in (out / "index.md").read_text()
     for name in ("rlhf.md", "output_probs.png", "pm_divergence_hist.png"):
         assert (out / "rlhf" / name).stat().st_size > 0
@@ -87,8 +90,8 @@ def test_demo_rlhf_quick_sets_each_penalty_next_to_its_exact_optimum(tmp_path):
     assert f"{cpm['lm']['pm_divergence_rm']:.4f} / {cpm['exact']['pm_divergence_rm']:.4f}" in report
 
 
-def test_demo_mixture_quick_recovers_groups_and_mmra_beats_pooled_and_cluster_dpo(tmp_path):
-    """``pluralign demo mixture --quick`` through the CLI: EM-DPO and MMRA on the tiny LM against the lab.
+def test_demo_mixture_quick_recovers_groups_and_mmra_beats_pooled_and_cluster_dpo(quick_demo):
+    """The mixture study of ``pluralign demo --quick``: EM-DPO and MMRA on the tiny LM against the lab.
 
     Tolerances, from --quick with seed 0 (measured: rankings ARI 0.867 on the LM and in the lab's
     tabular EM for the same rounds, from a k-means start of 0.073; binary 0.153 from 0.169; the
@@ -96,11 +99,7 @@ def test_demo_mixture_quick_recovers_groups_and_mmra_beats_pooled_and_cluster_dp
     binary values; the LM's worst-group regrets within 0.5 of the lab's tabular answer on the same
     votes and rounds (measured gaps 0.04 pooled, 0.18 MMRA); the ordering of worst-group regrets
     strict with a margin of 0.3 (measured margins: 0.82 and 1.99 on the LM, 0.96 and 2.15 in the lab)."""
-    out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "pluralign.cli", "demo", "mixture", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = quick_demo
     assert "mixture/mixture.md" in (out / "index.md").read_text()
     folder = out / "mixture"
     for name in ("mixture.md", "regrets.png", "ari.png"):
