@@ -104,8 +104,9 @@ def summarize(rows: dict, spec: dict) -> dict:
         key = f"round / ({k} x dpo epoch), K={k}"
         out["targets"][f"{key} <= 1.2"] = r[key] <= TARGETS["round_over_k_epochs"]
     out["machine"] = {"cpus": os.cpu_count(), "load_average_end": list(os.getloadavg()),
-                      "note": "shared, loaded machine (other jobs running); contenders ran one after another, "
-                              "so load changes between them move the ratios"}
+                      "note": "contenders ran one after another; a load average near or below the thread count "
+                              "means a quiet machine, far above it a shared one, where load changes between "
+                              "contenders move the ratios"}
     return out
 
 

@@ -223,10 +223,10 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                      "python": platform.python_version()},
         "machine": {"cpus": os.cpu_count(), "load_average_1min": load,
-                    "note": "a machine shared with other jobs while this ran (load average above); wall times swing "
-                            "several-fold between rounds, so the headline is completions per CPU-second of each "
-                            "single-threaded contender's timed steps (its process CPU time), best round of each; "
-                            "the generation / scoring / update split is of wall time"},
+                    "note": "load average above: near or below the thread count means a quiet machine, far above "
+                            "it a shared one, where wall times swing between rounds; the headline is completions "
+                            "per CPU-second of each contender's timed steps (its process CPU time), best round of "
+                            "each; the generation / scoring / update split is of wall time"},
         "contenders": best, "rounds": rounds,
         "pluralign_over": ratios,
         "command": "PYTHONPATH=src python bench/bench_rl_vs_trl.py " + " ".join(sys.argv[1:]),
