@@ -84,6 +84,24 @@ def batch_order(data: TokenizedDataset, global_batch: int, seed: int, group_by_l
     return [i for b in shuffled for i in b] + rest
 
 
+def micro_batches(epoch_order: list[int], in_epoch: int, batch_size: int, grad_accum: int, world: int,
+                  rank: int) -> list[list[int]]:
+    """The ``grad_accum`` micro-batches process ``rank`` trains on at step ``in_epoch`` of an epoch:
+    global batch ``in_epoch`` of ``epoch_order``, split micro-batch-major across processes."""
+    base = in_epoch * batch_size * grad_accum * world
+    return [epoch_order[base + (m * world + rank) * batch_size:][:batch_size] for m in range(grad_accum)]
+
+
+def epoch_plan(epoch_order: list[int], steps: int, batch_size: int, grad_accum: int, world: int) -> list[list[int]]:
+    """Every micro-batch of an epoch's first ``steps`` steps, ordered so that batch i belongs to
+    process ``i % world`` (the split :func:`pluralign.train.shard.shard_batches` makes)."""
+    plan = []
+    for step in range(steps):
+        per_rank = [micro_batches(epoch_order, step, batch_size, grad_accum, world, r) for r in range(world)]
+        plan += [per_rank[r][m] for m in range(grad_accum) for r in range(world)]
+    return plan
+
+
 @torch.no_grad()
 def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, batch_size: int, device,
                   tol: float | None = None) -> str:

@@ -44,7 +44,7 @@ from pluralign.logprobs import SequenceLogprobs
 from pluralign.objectives import PreferenceLogps, compute_objective
 from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
-from pluralign.train.data import batch_order, choose_layout, load_records
+from pluralign.train.data import batch_order, choose_layout, epoch_plan, load_records, micro_batches
 from pluralign.train.metrics import StepStats
 from pluralign.train.reference import build_reference, precompute_reference
 from pluralign.train.setup import build_policy, build_tokenizer
@@ -117,9 +117,14 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
     layout = choose_layout(cfg.data.layout, policy.to(device), data, tokenizer.pad_token_id, cfg.train.batch_size, device)
     collator = Collator(tokenizer.pad_token_id, layout, cfg.data.max_row_tokens)
+    bs, accum, world = cfg.train.batch_size, cfg.train.grad_accum, accelerator.num_processes
+    # The reference is computed in the first epoch's own micro-batches: the same shapes give the same
+    # numbers, so under bf16 autocast the first step's policy and reference log-probs agree exactly.
+    epoch_order, order_epoch = order(data, bs * accum * world, cfg.train.seed, cfg.data.group_by_length), 0
+    first_epoch = epoch_plan(epoch_order, min(per_epoch, total_steps), bs, accum, world)
     # precompute_reference is looked up here, at call time, so a caller may wrap it (timing it, say).
     reference, eval_reference = build_reference(cfg, accelerator, model, tokenizer, [data, eval_data], collator, out,
-                                                precompute=precompute_reference)
+                                                precompute=precompute_reference, plans=[first_epoch, None])
 
     run = wire_training(accelerator, cfg, policy, out, total_steps, config, cfg.objective.name,
                         export=lambda m: m.model, prefix="model.")
@@ -127,9 +132,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     logger, progress = run.logger, run.progress
     groups = _group_names(data)
     history = []
-    rank, world = accelerator.process_index, accelerator.num_processes
-    bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-    epoch_order, order_epoch = None, -1
+    rank = accelerator.process_index
     policy.train()
     if on_log is not None and start_step == 0 and is_main:
         extra = on_log(0, accelerator.unwrap_model(policy).model) or {}
@@ -141,9 +144,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
             epoch_order = order(data, bs * accum * world, cfg.train.seed + epoch, cfg.data.group_by_length)
             order_epoch = epoch
         stats = StepStats(groups, device)
-        base = in_epoch * bs * accum * world
-        starts = [base + (m * world + rank) * bs for m in range(accum)]
-        micro_batches = [epoch_order[lo : lo + bs] for lo in starts]
+        step_batches = micro_batches(epoch_order, in_epoch, bs, accum, world, rank)
 
         def micro_loss(idx):
             batch = collator([data[i] for i in idx], idx).to(device)
@@ -152,7 +153,7 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
             return (batch.weights * losses).sum() / bs
 
         t0 = time.perf_counter()
-        outcome = driver.step(step + 1, micro_batches, micro_loss)
+        outcome = driver.step(step + 1, step_batches, micro_loss)
         done = step + 1
         row = stats.reduce(accelerator, time.perf_counter() - t0)
         row.update(step=done, epoch=done / per_epoch, learning_rate=outcome.learning_rate, num_processes=world,

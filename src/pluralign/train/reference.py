@@ -117,17 +117,23 @@ def load_cached(path: Path, key: str, num_examples: int) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def compute_table(module: SequenceLogprobs, data: TokenizedDataset, collator: Collator, batch_size: int, device,
-                  accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
+                  accelerator=None, plan: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts [N, K_max] of every example, in dataset order. With an
     ``accelerator``, computed under its autocast (as training computes the policy) and split across
-    its processes, each computing a share of the batches; every process returns the whole table."""
+    its processes, each computing a share of the batches; every process returns the whole table.
+
+    ``plan``: batches of dataset indices to compute in, batch i on process ``i % world`` (training's
+    own micro-batches, so that each example is computed in the batch, hence the shapes, it is
+    trained in); examples it leaves out follow in batches of similar lengths."""
     kmax = max(len(ex.response_ids) for ex in data.examples)
     logps = torch.zeros(len(data), kmax)
     counts = torch.zeros(len(data), kmax)
     was_training = module.training
     module.eval()
-    order = sorted(range(len(data)), key=lambda i: data[i].num_tokens_shared)  # similar lengths together
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    planned = {i for b in plan for i in b} if plan else set()
+    order = sorted((i for i in range(len(data)) if i not in planned), key=lambda i: data[i].num_tokens_shared)
+    batches = [list(b) for b in plan or []] + [order[start : start + batch_size]
+                                               for start in range(0, len(order), batch_size)]
     autocast = accelerator.autocast if accelerator is not None else nullcontext
     for idx, keep in shard_batches(batches, accelerator):
         batch = collator([data[i] for i in idx], idx).to(device)
@@ -140,16 +146,18 @@ def compute_table(module: SequenceLogprobs, data: TokenizedDataset, collator: Co
     return sum_across(accelerator, logps, counts)
 
 
-def precompute_reference(module, data, collator, batch_size, device, cache_path: Path, key: str, accelerator=None):
+def precompute_reference(module, data, collator, batch_size, device, cache_path: Path, key: str, accelerator=None,
+                         plan: list[list[int]] | None = None):
     """(logps, counts, built): the cached table for ``key``, or the table computed (split across
-    processes) and saved atomically by the main process."""
+    processes, in ``plan``'s batches: see :func:`compute_table`) and saved atomically by the main
+    process."""
     cached = load_cached(cache_path, key, len(data))
     hit = torch.tensor([0.0 if cached is None else 1.0])
     (hit,) = sum_across(accelerator, hit)
     world = 1 if accelerator is None else accelerator.num_processes
     if cached is not None and float(hit) == world:
         return cached[0], cached[1], False
-    logps, counts = compute_table(module, data, collator, batch_size, device, accelerator)
+    logps, counts = compute_table(module, data, collator, batch_size, device, accelerator, plan)
     if accelerator is None or accelerator.is_main_process:
         _save_table(cache_path, key, logps, counts)
     if accelerator is not None:
@@ -170,11 +178,13 @@ def _save_table(path: Path, key: str, logps: torch.Tensor, counts: torch.Tensor)
                              "set reference.cache_dir to a writable folder (or reference.precompute=false)") from exc
 
 
-def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Path, precompute=precompute_reference):
+def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Path, precompute=precompute_reference,
+                    plans=None):
     """One reference per dataset in ``parts`` (None entries stay None), or Nones for reference-free
     objectives. The reference is ``reference.name``, else a frozen copy of ``model`` as it is now,
     else (LoRA) ``model`` with adapters disabled. With ``reference.precompute`` the log-probs are
-    computed once (cached on disk, split across processes) and no reference model is kept."""
+    computed once (cached on disk, split across processes) and no reference model is kept;
+    ``plans[i]`` (optional) are the batches to compute part i in (see :func:`compute_table`)."""
     if cfg.objective.name in REFERENCE_FREE:
         return [None for _ in parts]
     device = accelerator.device
@@ -197,7 +207,7 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
     cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else out / "reference_cache"
     fingerprint_model = ref_model if ref_model is not None else model
     tables = []
-    for part in parts:
+    for part, plan in zip(parts, plans or [None] * len(parts)):
         if part is None:
             tables.append(None)
             continue
@@ -206,7 +216,7 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
         t0 = time.perf_counter()
         with peft_policy.disable_adapter() if peft_policy is not None else nullcontext():
             logps, counts, built = precompute(module, part, collator, cfg.train.batch_size, device,
-                                              cache_dir / f"{key}.safetensors", key, accelerator)
+                                              cache_dir / f"{key}.safetensors", key, accelerator, plan=plan)
         log.info("reference log-probs for %d examples %s in %.2f s on %d process(es) (%s)", len(part),
                  "computed" if built else "loaded from cache", time.perf_counter() - t0, accelerator.num_processes, key)
         tables.append(CachedReference(logps, counts))
