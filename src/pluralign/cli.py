@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from pluralign.errors import PluralignError, one_line
+from pluralign.recipe_cli import add_recipe_command
 
 EXIT_BAD_INPUT = 2
 
@@ -51,10 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="debug logging, and the traceback of a config or data error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="offline preference optimization from a YAML recipe")
-    p.add_argument("recipe", help="YAML recipe (see recipes/)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. objective.beta=0.2")
-    p.set_defaults(func=_train)
+    add_recipe_command(sub, "train", "offline preference optimization from a YAML recipe", _train,
+                       "objective.beta=0.2", recipes="")
 
     p = sub.add_parser("demo", help="the studies on built-in worlds, each next to the lab's exact answer, with reports")
     p.add_argument("study", nargs="?", default="all", choices=["all", "preference", "dynamics", "rlhf", "mixture"],

@@ -193,6 +193,7 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
     try:
         for row_number, row in rows:
             report.rows_read += 1
+            where = f"{name} row {row_number}"  # names the row in messages and in record.source
             try:
                 if isinstance(row, _RowError):
                     raise row
@@ -202,7 +203,7 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                 row_format = _detect_format(row, kind)
                 if report.format is None:
                     if row_format is None:
-                        raise DataError(f"{name} row {row_number}: unrecognised row format: found "
+                        raise DataError(f"{where}: unrecognised row format: found "
                                         f"keys {sorted(str(k) for k in row)}; expected "
                                         f"{_EXPECTED_FORMATS}", source=name, row=row_number)
                     report.format, format_row = row_format, row_number
@@ -213,22 +214,21 @@ def load_preferences(source: Any, *, tokenizer: Any = None, on_error: str = "rai
                         parse_row = _row_parser(row_format, kind, tokenizer, ties, name)
                 elif row_format is not None and row_format != report.format:
                     raise DataError(
-                        f"{name} row {row_number}: row format {row_format} "
+                        f"{where}: row format {row_format} "
                         f"({_FORMAT_DESCRIPTIONS[row_format]}) differs from {report.format} "
                         f"({_FORMAT_DESCRIPTIONS[report.format]}) of row {format_row}; a file "
                         "must use one format", source=name, row=row_number)
                 # A row matching no format is parsed as the file's format, which names the
                 # missing or ill-typed field.
-                record = parse_row(row)
+                record = parse_row(row, where)
                 _check_distinct(record)
             except (_RowError, RecordError) as error:
-                message = _row_message(name, row_number, error.field, error.detail)
+                message = _row_message(where, error.field, error.detail)
                 if on_error == "raise" and error.reason not in always_skipped(ties):
                     raise DataError(message, source=name, row=row_number, field=error.field,
                                     reason=error.reason) from None
                 _count_skip(report, error.reason, message)
                 continue
-            object.__setattr__(record, "source", f"{name} row {row_number}")  # a fresh record, not yet shared
             records.append(record)
             row_numbers.append(row_number)
             _count_record(report, record)
@@ -363,45 +363,45 @@ def _row_parser(row_format: str, kind: str, tokenizer: Any, ties: str, name: str
     parsers = {
         FORMAT_EXPLICIT: _parse_explicit,
         FORMAT_IMPLICIT: _parse_implicit,
-        FORMAT_CONVERSATIONAL: lambda row: _parse_conversational(row, tokenizer, explicit=True),
+        FORMAT_CONVERSATIONAL: lambda row, source: _parse_conversational(row, source, tokenizer, explicit=True),
         FORMAT_CONVERSATIONAL_IMPLICIT:
-            lambda row: _parse_conversational(row, tokenizer, explicit=False),
-        FORMAT_RANKED: lambda row: _parse_ranked(row, ties),
+            lambda row, source: _parse_conversational(row, source, tokenizer, explicit=False),
+        FORMAT_RANKED: lambda row, source: _parse_ranked(row, source, ties),
     }
     parse = parsers[row_format]
     if kind != "csv":
         return parse
-    return lambda row: parse(_decode_csv_row(row, row_format))
+    return lambda row, source: parse(_decode_csv_row(row, row_format), source)
 
 
 def _as_chat(parse_conversational, kind: str):
     """Parse a plain-string explicit row as the conversation user: prompt, assistant: response."""
-    def parse(row: Mapping) -> PreferenceRecord:
+    def parse(row: Mapping, source: str) -> PreferenceRecord:
         row = dict(row)
         row["prompt"] = [{"role": "user", "content": _text(row, "prompt", allow_empty=True)}]
         for name in ("chosen", "rejected"):
             row[name] = [{"role": "assistant", "content": _text(row, name)}]
-        return parse_conversational(row)
+        return parse_conversational(row, source)
     if kind == "csv":  # the CSV decoder would read the message lists as JSON text
         raise DataError("data.chat_template applies to JSON/JSONL/Parquet or in-memory rows, not CSV")
     return parse
 
 
-def _parse_explicit(row: Mapping) -> PreferenceRecord:
+def _parse_explicit(row: Mapping, source: str) -> PreferenceRecord:
     prompt = _text(row, "prompt", allow_empty=True)
     chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
-    return PreferenceRecord.from_pair(prompt, chosen, rejected, *_metadata(row))
+    return PreferenceRecord.from_pair(prompt, chosen, rejected, *_metadata(row), source=source)
 
 
-def _parse_implicit(row: Mapping) -> PreferenceRecord:
+def _parse_implicit(row: Mapping, source: str) -> PreferenceRecord:
     chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
     if chosen == rejected:
         raise _RowError("rejected", "chosen and rejected are identical", "identical_responses")
     prompt, chosen_response, rejected_response = split_implicit_prompt(chosen, rejected)
-    return PreferenceRecord.from_pair(prompt, chosen_response, rejected_response, *_metadata(row))
+    return PreferenceRecord.from_pair(prompt, chosen_response, rejected_response, *_metadata(row), source=source)
 
 
-def _parse_conversational(row: Mapping, tokenizer: Any, *, explicit: bool) -> PreferenceRecord:
+def _parse_conversational(row: Mapping, source: str, tokenizer: Any, *, explicit: bool) -> PreferenceRecord:
     if explicit:
         prompt = _messages(row, "prompt")
         chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
@@ -427,10 +427,10 @@ def _parse_conversational(row: Mapping, tokenizer: Any, *, explicit: bool) -> Pr
         if not response:
             raise _RowError(field_name, "response renders to an empty string", "empty_response")
         responses.append(response)
-    return PreferenceRecord.from_pair(prompt_text, responses[0], responses[1], *_metadata(row))
+    return PreferenceRecord.from_pair(prompt_text, responses[0], responses[1], *_metadata(row), source=source)
 
 
-def _parse_ranked(row: Mapping, ties: str) -> PreferenceRecord:
+def _parse_ranked(row: Mapping, source: str, ties: str) -> PreferenceRecord:
     prompt = _text(row, "prompt", allow_empty=True)
     responses = _required(row, "responses")
     if not isinstance(responses, (list, tuple)):
@@ -454,14 +454,14 @@ def _parse_ranked(row: Mapping, ties: str) -> PreferenceRecord:
                             "wrong_type")
         return PreferenceRecord.from_scores(prompt, responses, scores, ties=ties,
                                             annotator_id=annotator_id, weight=weight,
-                                            preference=preference)
+                                            preference=preference, source=source)
     if ranking is None:
         raise _RowError("ranking", "missing (a ranked row needs 'ranking' or 'scores')",
                         "missing_field")
     if not isinstance(ranking, (list, tuple)):
         raise _RowError("ranking", f"expected a list of indices, got {_type_name(ranking)}",
                         "wrong_type")
-    return PreferenceRecord(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference)
+    return PreferenceRecord(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference, source)
 
 
 # ------------------------------------------------------------------------------- field helpers
@@ -597,8 +597,7 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _row_message(name: str, row_number: int, field_name: str | None, detail: str) -> str:
-    where = f"{name} row {row_number}"
+def _row_message(where: str, field_name: str | None, detail: str) -> str:
     return f"{where}, field '{field_name}': {detail}" if field_name else f"{where}: {detail}"
 
 

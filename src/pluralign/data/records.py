@@ -196,14 +196,14 @@ class PreferenceRecord:
     # ---------------------------------------------------------------------------- constructors
     @classmethod
     def from_pair(cls, prompt: str, chosen: str, rejected: str, annotator_id: str | None = None,
-                  weight: float = 1.0, preference: float = 1.0) -> PreferenceRecord:
+                  weight: float = 1.0, preference: float = 1.0, source: str | None = None) -> PreferenceRecord:
         """A K = 2 record: responses (chosen, rejected), ranking (0, 1)."""
-        return cls(prompt, (chosen, rejected), (0, 1), annotator_id, weight, preference)
+        return cls(prompt, (chosen, rejected), (0, 1), annotator_id, weight, preference, source)
 
     @classmethod
     def from_scores(cls, prompt: str, responses: Sequence[str], scores: Sequence[float],
                     ties: str = "truncate", annotator_id: str | None = None,
-                    weight: float = 1.0, preference: float = 1.0) -> PreferenceRecord:
+                    weight: float = 1.0, preference: float = 1.0, source: str | None = None) -> PreferenceRecord:
         """Rank responses by score, higher is better, with an explicit tie policy.
 
         Responses are sorted by descending score into groups of equal score. With ``ties``:
@@ -243,7 +243,7 @@ class PreferenceRecord:
             if len(group) > 1:
                 break
             ranking.append(group[0])
-        return cls(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference)
+        return cls(prompt, tuple(responses), tuple(ranking), annotator_id, weight, preference, source)
 
 
 # --------------------------------------------------------------------------------------- helpers

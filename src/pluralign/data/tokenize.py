@@ -91,14 +91,13 @@ def tokenize_records(
     *,
     max_length: int = 1024,
     max_prompt_length: int = 512,
-    labels: list[str] | None = None,
 ) -> TokenizedDataset:
     """Tokenize records; truncated, stubbed and skipped examples are counted in the result.
 
-    ``labels[i]`` names record i in problem messages (default ``"record i"``). Raises
-    :class:`~pluralign.data.loaders.DataError` when records were given but none (or none with a
-    weight above 0) survive, and :class:`~pluralign.errors.PluralignError` for lengths that leave
-    no room for a response.
+    Problem messages name a skipped record by its ``source`` (the loaders set ``"FILE row N"``), else
+    ``"record i"``. Raises :class:`~pluralign.data.loaders.DataError` when records were given but
+    none (or none with a weight above 0) survive, and :class:`~pluralign.errors.PluralignError` for
+    lengths that leave no room for a response.
     """
     if not 0 < max_prompt_length < max_length:
         raise PluralignError(f"data.max_prompt_length = {max_prompt_length} and data.max_length = "
@@ -128,7 +127,7 @@ def tokenize_records(
             responses = [r[:budget] for r in responses]
         reason = _degenerate(responses, truncated)
         if reason is not None:
-            label = labels[i] if labels is not None else rec.source or f"record {i}"
+            label = rec.source or f"record {i}"
             _skip(out, reason[0], f"{label}: {reason[1]}")
             continue
         out.num_truncated += int(truncated)

@@ -109,9 +109,8 @@ def validate_file(path: Any, *, tokenizer: Any = None, ties: str = "truncate",
     report.identifiability = identifiability(result.records)  # can the data identify annotator types?
     check_usable(result.records, report)
     if tokenizer is not None:
-        labels = [f"{report.source} row {n}" for n in result.row_numbers]
         report.tokenization = tokenize_records(result.records, tokenizer, max_length=max_length,
-                                               max_prompt_length=max_prompt_length, labels=labels)
+                                               max_prompt_length=max_prompt_length)
         report.tokenization_settings = (f"max_length {max_length}, "
                                         f"max_prompt_length {max_prompt_length}")
     return report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pluralign.recipe_cli import add_recipe_command
+
 
 def _run(args) -> int:
     from pluralign.em.config import EMRunConfig
@@ -18,8 +20,5 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("em", help="EM-DPO: discover latent annotator types and train one policy per type "
-                                  "(LoRA adapters on one base), from a YAML recipe")
-    p.add_argument("recipe", help="YAML recipe (see recipes/em_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. em.n_types=3 em.rounds=2")
-    p.set_defaults(func=_run)
+    add_recipe_command(sub, "em", "EM-DPO: discover latent annotator types and train one policy per type "
+                                  "(LoRA adapters on one base), from a YAML recipe", _run, "em.n_types=3 em.rounds=2")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pluralign.recipe_cli import add_recipe_command
+
 
 def _run(args) -> int:
     from pluralign.online.config import OnlineRunConfig
@@ -19,8 +21,6 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("online", help="online iterative IPO/DPO/PL with explicit reference refresh (alpha), "
-                                      "on-policy fraction (lambda) and a dynamics monitor, from a YAML recipe")
-    p.add_argument("recipe", help="YAML recipe (see recipes/online_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. online.alpha=0.5 online.lam=1")
-    p.set_defaults(func=_run)
+    add_recipe_command(sub, "online", "online iterative IPO/DPO/PL with explicit reference refresh (alpha), "
+                                      "on-policy fraction (lambda) and a dynamics monitor, from a YAML recipe",
+                       _run, "online.alpha=0.5 online.lam=1")

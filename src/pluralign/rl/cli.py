@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pluralign.recipe_cli import add_recipe_command
+
 
 def _run(args) -> int:
     from pluralign.rl import config
@@ -23,11 +25,7 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    for name, what, example in (
-        ("rm", "train a reward model (Bradley-Terry / Plackett-Luce) from a YAML recipe", "reward_model.head=value"),
-        ("rl", "on-policy RLHF (RLOO; KL, PM or conditional-PM penalty) from a YAML recipe", "rl.penalty=pm"),
-    ):
-        p = sub.add_parser(name, help=what)
-        p.add_argument("recipe", help=f"YAML recipe (see recipes/{name}_*.yaml)")
-        p.add_argument("overrides", nargs="*", help=f"key.sub=value overrides, e.g. {example}")
-        p.set_defaults(func=_run)
+    add_recipe_command(sub, "rm", "train a reward model (Bradley-Terry / Plackett-Luce) from a YAML recipe", _run,
+                       "reward_model.head=value")
+    add_recipe_command(sub, "rl", "on-policy RLHF (RLOO; KL, PM or conditional-PM penalty) from a YAML recipe", _run,
+                       "rl.penalty=pm")

@@ -20,12 +20,10 @@ import time
 import torch
 
 from pluralign.data.collate import Collator
-from pluralign.data.tokenize import tokenize_records
-from pluralign.train.setup import build_tokenizer
 from pluralign.objectives.reward import reward_model_loss, reward_stats
 from pluralign.reward_model import build_reward_model
 from pluralign.rl.config import RMRunConfig
-from pluralign.train.data import batch_order, load_records
+from pluralign.train.data import batch_order, load_run_data
 from pluralign.train.offline import TrainResult, _group_names, total_training_steps
 from pluralign.train.metrics import StepStats
 from pluralign.train.wiring import evaluate_held_out, start_run, wire_training
@@ -48,19 +46,11 @@ def train_reward_model(cfg: RMRunConfig, *, tokenizer=None, records=None, eval_r
     """Train a reward model as configured; returns the unwrapped :class:`RewardModel` and the history."""
     config, accelerator, out = start_run(cfg)
     device, world = accelerator.device, accelerator.num_processes
-    tokenizer = tokenizer or build_tokenizer(cfg.model)
-    reports: list[str] = []
-    if records is None:
-        records, eval_records = load_records(cfg, tokenizer, reports)
-    data, eval_data = (tokenize_records(part, tokenizer, max_length=cfg.data.max_length,
-                                        max_prompt_length=cfg.data.max_prompt_length) if part else None
-                       for part in (records, eval_records))
+    tokenizer, data, eval_data = load_run_data(cfg, out, accelerator.is_main_process, tokenizer=tokenizer,
+                                               records=records, eval_records=eval_records)
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     total_steps = total_training_steps(cfg, len(data), world)
     per_epoch = len(data) // (bs * accum * world)
-    reports += [f"{name}: {part.report()}" for name, part in (("train", data), ("eval", eval_data)) if part is not None]
-    if accelerator.is_main_process:
-        (out / "data_report.txt").write_text("\n\n".join(reports) + "\n")
 
     model = build_reward_model(cfg.model.name, tokenizer, cfg.reward_model.head, dtype=cfg.model.dtype,
                                seed=cfg.model.seed, attn_implementation=cfg.model.attn_implementation).to(device)

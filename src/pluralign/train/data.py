@@ -1,17 +1,67 @@
-"""Data plumbing for the training loop: records from a file or a world, batch order, layout choice."""
+"""Data plumbing for the training loops: records from a file or a world, tokenized with the run's
+tokenizer and reported; batch order; layout choice."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
 from pluralign.data.collate import Collator
 from pluralign.data.loaders import DataError, load_preferences
+from pluralign.data.records import PreferenceRecord
 from pluralign.train.config import ConfigError
-from pluralign.data.tokenize import TokenizedDataset
+from pluralign.data.tokenize import TokenizedDataset, tokenize_records
+from pluralign.train.setup import build_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+class RunData(NamedTuple):
+    """What a preference loop trains on: the run's tokenizer and the tokenized training and held-out
+    examples (``eval_data`` is None without held-out records)."""
+
+    tokenizer: Any
+    data: TokenizedDataset
+    eval_data: TokenizedDataset | None
+
+
+def load_run_data(cfg, out: Path, is_main: bool, *, tokenizer=None, records=None, eval_records=None,
+                  check: Callable[[list[PreferenceRecord], str], None] | None = None) -> RunData:
+    """The opening every preference loop shares (offline training, reward models).
+
+    ``tokenizer`` or the configured one; ``records``/``eval_records`` or those :func:`load_records`
+    reads; ``check(records, what)`` (``what``: "the training data" or "the evaluation data") runs on
+    them before anything is tokenized; both parts are tokenized to ``data.max_length`` and
+    ``data.max_prompt_length``. The load and tokenization reports are written to
+    ``out/data_report.txt`` by the main process (``is_main``).
+    """
+    tokenizer, records, eval_records, reports = load_run_records(cfg, tokenizer, records, eval_records)
+    if check is not None:
+        check(records, "the training data")
+        if eval_records:
+            check(eval_records, "the evaluation data")
+    data, eval_data = (tokenize_records(part, tokenizer, max_length=cfg.data.max_length,
+                                        max_prompt_length=cfg.data.max_prompt_length) if part else None
+                       for part in (records, eval_records))
+    reports += [f"{name}: {part.report()}" for name, part in (("train", data), ("eval", eval_data)) if part is not None]
+    log.info("train data: %s", data.report())
+    if is_main:
+        (out / "data_report.txt").write_text("\n\n".join(reports) + "\n")
+    return RunData(tokenizer, data, eval_data)
+
+
+def load_run_records(cfg, tokenizer=None, records=None, eval_records=None):
+    """(tokenizer, records, eval records, report sections): ``tokenizer`` or the configured one, and
+    ``records``/``eval_records`` as given (no report sections) or read by :func:`load_records`."""
+    tokenizer = tokenizer or build_tokenizer(cfg.model)
+    reports: list[str] = []
+    if records is None:
+        records, eval_records = load_records(cfg, tokenizer, reports)
+    return tokenizer, records, eval_records, reports
 
 
 def load_records(cfg, tokenizer, reports: list[str] | None = None):

@@ -34,20 +34,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from pluralign.data.collate import Collator
-from pluralign.data.tokenize import TokenizedDataset, tokenize_records
+from pluralign.data.tokenize import TokenizedDataset
 from pluralign.logprobs import SequenceLogprobs
 from pluralign.objectives import PreferenceLogps, compute_objective
 from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
-from pluralign.train.data import batch_order, choose_layout, epoch_plan, load_records, micro_batches
+from pluralign.train.data import batch_order, choose_layout, epoch_plan, load_run_data, micro_batches
 from pluralign.train.metrics import StepStats
 from pluralign.train.reference import build_reference, precompute_reference
-from pluralign.train.setup import build_policy, build_tokenizer
+from pluralign.train.setup import build_policy
 from pluralign.train.wiring import evaluate_held_out, start_run, wire_training
 
 log = logging.getLogger(__name__)
@@ -96,22 +97,10 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     config, accelerator, out = start_run(cfg)
     is_main, device = accelerator.is_main_process, accelerator.device
 
-    tokenizer = tokenizer or build_tokenizer(cfg.model)
-    reports: list[str] = []
-    if records is None:
-        records, eval_records = load_records(cfg, tokenizer, reports)
-    check_objective_fits_data(cfg.objective.name, cfg.objective.beta, cfg.objective.args, records)
-    if eval_records:
-        check_objective_fits_data(cfg.objective.name, cfg.objective.beta, cfg.objective.args, eval_records,
-                                  "the evaluation data")
-    data, eval_data = (tokenize_records(part, tokenizer, max_length=cfg.data.max_length,
-                                        max_prompt_length=cfg.data.max_prompt_length) if part else None
-                       for part in (records, eval_records))
+    tokenizer, data, eval_data = load_run_data(
+        cfg, out, is_main, tokenizer=tokenizer, records=records, eval_records=eval_records,
+        check=partial(check_objective_fits_data, cfg.objective.name, cfg.objective.beta, cfg.objective.args))
     per_epoch, total_steps = _steps(cfg, len(data), accelerator.num_processes)
-    reports += [f"{name}: {part.report()}" for name, part in (("train", data), ("eval", eval_data)) if part is not None]
-    log.info("train data: %s", data.report())
-    if is_main:
-        (out / "data_report.txt").write_text("\n\n".join(reports) + "\n")
 
     model = build_policy(cfg.model, tokenizer, model)
     policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)

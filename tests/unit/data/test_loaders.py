@@ -121,6 +121,7 @@ def test_every_source_kind_loads_the_same_records(tmp_path, kind, rows, expected
     assert report.source_kind == kind.split("-")[0]
     assert report.rows_read == len(rows) and report.records_loaded == len(rows)
     assert report.skipped == 0 and report.problems == []
+    assert [r.source for r in result.records] == [f"{report.source} row {n}" for n in range(1, len(rows) + 1)]
 
 
 def test_report_counts_record_kinds():
@@ -542,3 +543,33 @@ def test_invalid_utf8_bom_crlf_and_paths(tmp_path):
         load_preferences(tmp_path)
     with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
         load_preferences(tmp_path / "nope.jsonl")
+
+
+def test_every_parser_names_its_record_by_file_row(tmp_path, chat_tokenizer):
+    """``record.source`` is the row's ``"FILE row N"`` (its JSONL line: blank lines and skipped rows
+    count), set by each format's parser, and is not part of equality."""
+    user = {"role": "user", "content": "Hi"}
+    cases = [  # (rows, load options, what the format's parser is)
+        ([{"prompt": "p", "chosen": "a", "rejected": "b"}], {}, "explicit"),
+        ([{"prompt": "p", "chosen": "a", "rejected": "b"}], {"chat_template": True}, "explicit as a chat"),
+        ([{"chosen": "p a", "rejected": "p b"}], {}, "implicit"),
+        ([{"prompt": [user], "chosen": [{"role": "assistant", "content": "a"}],
+           "rejected": [{"role": "assistant", "content": "b"}]}], {}, "conversational"),
+        ([{"chosen": [user, {"role": "assistant", "content": "a"}],
+           "rejected": [user, {"role": "assistant", "content": "b"}]}], {}, "conversational, implicit"),
+        ([{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [2, 0]}], {}, "ranked"),
+        ([{"prompt": "p", "responses": ["a", "b", "c"], "scores": [1.0, 3.0, 2.0]}], {}, "scored"),
+    ]
+    for rows, options, what in cases:
+        bad = {**rows[0], "weight": "heavy"}  # a skipped row before the good one
+        path = tmp_path / "d.jsonl"
+        path.write_text("\n" + json.dumps(bad) + "\n\n" + json.dumps(rows[0]) + "\n")
+        result = load_preferences(path, tokenizer=chat_tokenizer, on_error="skip", **options)
+        assert result.report.skipped_by_reason == {"bad_weight": 1}, what
+        (record,) = result.records
+        assert record.source == "d.jsonl row 4", what
+        assert result.row_numbers == [4], what
+        assert record == load_preferences(rows, tokenizer=chat_tokenizer, **options).records[0], what
+    csv_rows = [{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}] * 2
+    result = load_preferences(write_csv(tmp_path / "r.csv", csv_rows))
+    assert [r.source for r in result.records] == ["r.csv row 1", "r.csv row 2"]

@@ -52,10 +52,9 @@ def test_collator_refuses_an_empty_prompt():
 
 
 def test_identical_after_truncation_is_skipped_and_counted(tok):
-    records = [PreferenceRecord("p", ("xxxxA", "xxxxB"), (0, 1)),   # equal in the first 4 bytes
-               PreferenceRecord("p", ("A", "B"), (0, 1))]
-    data = tokenize_records(records, tok, max_length=5, max_prompt_length=1,
-                            labels=["f.jsonl row 1", "f.jsonl row 2"])
+    records = [PreferenceRecord("p", ("xxxxA", "xxxxB"), (0, 1), source="f.jsonl row 1"),  # equal in 4 bytes
+               PreferenceRecord("p", ("A", "B"), (0, 1), source="f.jsonl row 2")]
+    data = tokenize_records(records, tok, max_length=5, max_prompt_length=1)
     assert len(data) == 1 and data.skipped_by_reason == {"identical_tokens": 1}
     assert data.problems == ["f.jsonl row 1: responses 0 and 1 are identical after truncation to "
                              "max_length; a preference needs distinct responses"]
