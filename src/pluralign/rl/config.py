@@ -8,11 +8,13 @@ train``) + ``reward_model``. ``pluralign rl``: :class:`RLRunConfig` = the same (
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from pluralign.objectives.penalties import KL_ESTIMATORS, PENALTIES
 from pluralign.rl.estimators import ADVANTAGES
-from pluralign.train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, ReferenceConfig, TrainConfig
+from pluralign.train.config import ConfigError, RunConfig
 
 ESTIMATORS = (*ADVANTAGES, "ppo")
 CRITICS = ("auto", "shared", "head", "reward_model")  # pluralign.rl.critic
@@ -31,15 +33,13 @@ class RewardModelConfig:
             raise ConfigError(f"reward_model.center_coefficient = {self.center_coefficient!r}; expected a number >= 0")
 
 
-@dataclass
-class LoopRunConfig:
-    """:class:`pluralign.train.config.RunConfig` without its ``objective`` section."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+# RunConfig's sections except ``objective``, derived from it so that a section added there is here too.
+LoopRunConfig = dataclasses.make_dataclass(
+    "LoopRunConfig",
+    [(f.name, typing.get_type_hints(RunConfig)[f.name], field(default_factory=f.default_factory))
+     for f in dataclasses.fields(RunConfig) if f.name != "objective"],
+    namespace={"__doc__": ":class:`pluralign.train.config.RunConfig` without its ``objective`` section.",
+               "__module__": __name__})
 
 
 @dataclass
