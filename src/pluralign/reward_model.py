@@ -47,6 +47,14 @@ def last_token_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torc
     return present, rows[last[present]], cols[last[present]]
 
 
+def zero_value_head(hidden_size: int, dtype) -> nn.Linear:
+    """A scalar linear head with zero weight and bias: every value (or reward) starts at 0."""
+    head = nn.Linear(hidden_size, 1).to(dtype)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class RewardModel(nn.Module):
     """A transformers model ``source`` (a sequence classifier, or a causal LM carrying a
     ``value_head`` module) scored by its backbone and head at each response's last token.
@@ -80,17 +88,25 @@ class RewardModel(nn.Module):
         at 0 (loss ln 2) and the backbone's first gradient is 0."""
         inner = unwrap_peft(lm)
         if not hasattr(inner, VALUE_HEAD):
-            head = nn.Linear(inner.config.hidden_size, 1).to(inner.dtype)
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-            setattr(inner, VALUE_HEAD, head)
+            setattr(inner, VALUE_HEAD, zero_value_head(inner.config.hidden_size, inner.dtype))
         return cls(lm, "value")
+
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        """The backbone's last hidden state [rows, L, H] over the collated ``batch``."""
+        backbone = self.backbone
+        dtype = next(backbone.parameters()).dtype
+        return backbone(**model_inputs(batch, dtype, config=backbone.config), use_cache=False).last_hidden_state
+
+    def token_values(self, batch: Batch) -> torch.Tensor:
+        """The head at the position that predicts each response token, flat in ``batch.gather_seq``
+        order: at token t of response y it reads the hidden state of the last token of x y_<t, so
+        for t >= 1 it is the reward of the partial response y_<t (the PPO critic's V(s_t))."""
+        hidden = self.hidden_states(batch)
+        return self.head(hidden[batch.gather_row, batch.gather_pos]).squeeze(-1).float()
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Rewards [B, K] (0 where an example has fewer than K responses)."""
-        backbone = self.backbone
-        dtype = next(backbone.parameters()).dtype
-        hidden = backbone(**model_inputs(batch, dtype, config=backbone.config), use_cache=False).last_hidden_state
+        hidden = self.hidden_states(batch)
         seq, rows, cols = last_token_positions(batch)
         scores = self.head(hidden[rows, cols]).squeeze(-1).float()
         flat = torch.zeros(batch.num_examples * batch.max_responses, device=scores.device, dtype=scores.dtype)
@@ -123,6 +139,20 @@ def build_reward_model(name: str, tokenizer, head: str = "classifier", *, dtype:
     if missing.missing_keys:
         raise ValueError(f"reward model on {name!r}: backbone weights missing for {missing.missing_keys[:5]}")
     return RewardModel.from_sequence_classifier(clf)
+
+
+def load_reward_tokenizer(path: str | Path, fallback):
+    """The tokenizer of a reward-model folder (``pluralign rm`` saves the model's own beside its
+    weights), else ``fallback``. Texts are re-tokenized with it before scoring, so a reward model
+    whose vocabulary differs from the policy's scores the policy's decoded completions correctly."""
+    from pluralign.models import load_tokenizer
+
+    return load_tokenizer(str(path)) if (Path(path) / "tokenizer_config.json").is_file() else fallback
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers map every token to the same id (token ids can be shared between them)."""
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
 
 
 def load_reward_model(path: str | Path, tokenizer, *, dtype: str = "float32") -> RewardModel:

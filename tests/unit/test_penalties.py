@@ -7,7 +7,9 @@ import torch
 
 from pluralign.objectives.penalties import (
     compute_penalty,
+    conditional_pm_direct_weight,
     conditional_pm_penalty,
+    direct_weight,
     kl_estimate,
     kl_penalty,
     pm_penalty,
@@ -68,6 +70,19 @@ def test_conditional_pm_branches_hand_values():
     torch.testing.assert_close(c, expected, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="alpha"):
         conditional_pm_penalty(LOGP, REF, alpha=1.5, beta_pm=1, beta_kl=1)
+
+
+def test_direct_weight_is_the_coefficient_gap_on_the_pm_branch():
+    # alpha = 0.3: PM branch at pi_ref 0.4, 0.9, 0.6 (and the masked 0.6), KL branch at 0.25, 0.05
+    w = conditional_pm_direct_weight(REF, alpha=0.3, beta_pm=0.5, beta_kl=0.1, mask=MASK)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 0.4, 0.4], [0.0, 0.4, 0.0]]), rtol=1e-6, atol=1e-7)
+    args = {"alpha": 0.3, "beta_pm": 0.5, "beta_kl": 0.1}
+    torch.testing.assert_close(direct_weight("conditional_pm", REF, MASK, args), w, rtol=0, atol=0)
+    # constant coefficients: nothing to add (the released code, plain KL, PM)
+    assert direct_weight("conditional_pm", REF, MASK, {**args, "beta_kl": 0.5}) is None
+    assert direct_weight("conditional_pm", REF, MASK, {**args, "alpha": 0.0}) is None
+    assert direct_weight("kl", REF, MASK, {"beta": 0.1, "estimator": "k1"}) is None
+    assert direct_weight("pm", REF, MASK, {"beta": 0.1}) is None
 
 
 def _released_code_rewards(logp, ref, score, alpha, kl_ctl, mask, clip=5.0):

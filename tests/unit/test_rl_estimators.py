@@ -12,6 +12,7 @@ from pluralign.rl.estimators import (
     ppo_value_loss,
     rloo_advantages,
     token_rewards,
+    with_direct_term,
 )
 
 
@@ -21,6 +22,46 @@ def test_rloo_hand_values():
     torch.testing.assert_close(rloo_advantages(r), torch.tensor([[-8 / 3, -4 / 3, 0.0, 4.0]]))
     with pytest.raises(ValueError, match="k >= 2"):
         rloo_advantages(torch.ones(3, 1))
+
+
+def test_per_token_advantages_and_the_direct_term():
+    logp = torch.tensor([[-1.0, -2.0, -5.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False]])
+    adv = with_direct_term(torch.tensor([2.0]), torch.tensor([[0.0, 0.5, 0.5]]), mask)
+    torch.testing.assert_close(adv, torch.tensor([[2.0, 1.5, 0.0]]))  # A - w at each token, 0 off the mask
+    loss = policy_gradient_loss(logp, adv, mask)
+    assert float(loss.detach()) == pytest.approx(2.0 * 1.0 + 1.5 * 2.0)
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-2.0, -1.5, 0.0]]))
+    assert with_direct_term(torch.tensor([2.0]), None, mask).shape == (1,)  # no direct term: unchanged
+
+
+def test_the_direct_term_makes_the_estimator_the_exact_gradient_of_conditional_pm():
+    """One state, pi = softmax(theta), J = sum_a pi_a (r_a - c_a) with the conditional-PM penalty
+    c_a (beta_pm != beta_kl). The score-function estimator taken in exact expectation over
+    a ~ pi (each action weighted by pi_a, a state baseline subtracted) equals grad J only with the
+    direct term -E[w grad log pi]."""
+    from pluralign.objectives.penalties import compute_penalty, direct_weight, sequence_penalty
+
+    theta = torch.tensor([0.3, -0.2, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([0.1, 0.5, 0.3, 0.1], dtype=torch.float64).log()[:, None]
+    r = torch.tensor([1.0, 0.2, -0.5, 0.0], dtype=torch.float64)
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    args = {"alpha": 0.2, "beta_pm": 1.0, "beta_kl": 0.3}
+    logp = torch.log_softmax(theta, -1)[:, None]  # action a as a one-token response
+    pi = logp.detach().exp()[:, 0]
+    objective = logp.exp()[:, 0] @ (r - sequence_penalty(compute_penalty("conditional_pm", logp, ref, mask, args), mask))
+    exact = torch.autograd.grad(objective, theta, retain_graph=True)[0]
+    shaped = r - sequence_penalty(compute_penalty("conditional_pm", logp.detach(), ref, mask, args), mask)
+    adv = shaped - pi @ shaped
+    w = direct_weight("conditional_pm", ref, mask, args)
+    assert w is not None
+    estimates = {}
+    for name, weight in (("with", w), ("without", None)):
+        loss = pi @ policy_gradient_loss(logp, with_direct_term(adv, weight, mask), mask)
+        estimates[name] = -torch.autograd.grad(loss, theta, retain_graph=True)[0]
+    torch.testing.assert_close(estimates["with"], exact, rtol=1e-10, atol=1e-12)
+    assert float((estimates["without"] - exact).abs().max()) > 0.05  # the detached penalty alone is biased
 
 
 def test_group_normalized_hand_values():

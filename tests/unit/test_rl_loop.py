@@ -78,11 +78,30 @@ class _Interrupt(Exception):
 
 
 PPO = ("rl.estimator=ppo", "rl.ppo_epochs=2", "rl.num_minibatches=2")
+# estimator variants: overrides, the file of the policy's weights in model/, the critic's file in critic/
+VARIANTS = {
+    "rloo": ((), "model.safetensors", None),
+    "ppo": (PPO, "model.safetensors", "value_head.safetensors"),  # critic auto: a head, gradient stopped
+    "ppo_reward_model_critic": (("rl.estimator=ppo", "rl.critic=reward_model"), "model.safetensors", "model.safetensors"),
+    "ppo_lora": (("rl.estimator=ppo", "model.lora={r: 4, alpha: 8}", "rl.critic=shared"), "adapter_model.safetensors",
+                 "value_head.safetensors"),
+}
 
 
-@pytest.mark.parametrize("estimator", ["rloo", "ppo"])
-def test_rl_resume_equals_an_uninterrupted_run(tmp_path, estimator):
-    extra = PPO if estimator == "ppo" else ()
+def _assert_same_tensors(a_path, b_path):
+    a, b = load_file(str(a_path)), load_file(str(b_path))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    return a
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rl_resume_equals_an_uninterrupted_run(tmp_path, variant, request):
+    extra, model_file, critic_file = VARIANTS[variant]
+    if variant == "ppo_reward_model_critic":
+        rm_dir = request.getfixturevalue("reward_model_run") / "checkpoints/step-000006/model"
+        extra = extra + (f"rl.reward_model={rm_dir}",)
     full = train_rl(_rl_cfg(tmp_path / "full", *extra))
 
     def stop_at_3(step, model):
@@ -91,17 +110,23 @@ def test_rl_resume_equals_an_uninterrupted_run(tmp_path, estimator):
     with pytest.raises(_Interrupt):  # killed during step 3, after the checkpoint of step 2
         train_rl(_rl_cfg(tmp_path / "cut", *extra), on_log=stop_at_3)
     resumed = train_rl(_rl_cfg(tmp_path / "cut", "train.resume=true", *extra))
-    a = load_file(str(tmp_path / "full/checkpoints/step-000004/model/model.safetensors"))
-    b = load_file(str(tmp_path / "cut/checkpoints/step-000004/model/model.safetensors"))
-    assert a.keys() == b.keys()
-    assert ({"value_head.weight", "value_head.bias"} <= a.keys()) == (estimator == "ppo")  # the critic is saved
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    final = "checkpoints/step-000004"
+    weights = _assert_same_tensors(tmp_path / "full" / final / "model" / model_file,
+                                   tmp_path / "cut" / final / "model" / model_file)
+    assert not any(k.startswith("value_head") for k in weights)  # model/ is the policy alone
+    assert (tmp_path / "full" / final / "critic").is_dir() == (critic_file is not None)
+    if critic_file is not None:  # the critic is saved and resumed beside the policy
+        critic = _assert_same_tensors(tmp_path / "full" / final / "critic" / critic_file,
+                                      tmp_path / "cut" / final / "critic" / critic_file)
+        if variant == "ppo_reward_model_critic":  # it started as the reward model and trained
+            start = load_file(str(rm_dir / "model.safetensors"))
+            assert start.keys() == critic.keys()
+            assert any(not torch.equal(start[k], critic[k]) for k in start)
     ra, rb = _rows(tmp_path / "full"), [r for r in _rows(tmp_path / "cut") if r["step"] > 0]
     assert [r["step"] for r in rb] == [1, 2, 3, 4]
     for x, y in zip(ra, rb):
         keys = ("reward", "kl", "loss", "completions/mean_length")
-        for key in keys + (("loss/value_avg", "policy/clipfrac_avg") if estimator == "ppo" else ()):
+        for key in keys + (("loss/value_avg", "policy/clipfrac_avg") if critic_file else ()):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), (x["step"], key)
     assert resumed.history[-1]["step"] == full.history[-1]["step"] == 4
 
@@ -115,6 +140,8 @@ def test_rl_config_errors_name_the_key(tmp_path):
         _rl_cfg(tmp_path / "x", "rl.estimator=ppo", "rl.num_minibatches=3")
     with pytest.raises(ConfigError, match="rl.estimator"):
         _rl_cfg(tmp_path / "x", "rl.estimator=ppo_typo")
+    with pytest.raises(ConfigError, match="rl.critic"):
+        _rl_cfg(tmp_path / "x", "rl.estimator=ppo", "rl.critic=reward_model", "rl.reward_model=null")  # none to start from
     with pytest.raises(ConfigError, match="rl.reward_functions"):
         train_rl(_rl_cfg(tmp_path / "y", "rl.reward_functions=[nowhere:nothing]"))
 

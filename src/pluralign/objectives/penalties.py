@@ -26,6 +26,24 @@ Where the penalty enters, and the gradient caveat (samples a_t ~ pi, per state):
 
 The PM and conditional-PM penalties are meant for the reward (detached): -beta log pi in the
 reward makes the objective E[r] + beta H(pi), optimum softmax(r/beta) (the PM policy).
+
+**The direct term** (coefficients that depend on the action). Write a k1-type penalty as
+c_t = b(s_t, a_t) (log pi(a_t|s_t) - k_t log pi_ref(a_t|s_t)) with coefficient b. The objective
+J = E_{y~pi}[s(y) - sum_t c_t] has the gradient
+
+    grad J = E[(s - sum_t c_t) grad log pi(y|x)]  -  E[sum_t b(s_t, a_t) grad log pi(a_t|s_t)],
+
+a score-function term (what detaching the penalty into the reward gives) plus a direct term from
+differentiating c_t itself. Per state, E_{a~pi}[b(s,a) grad log pi(a|s)] = sum_a b(s,a) grad pi(a|s),
+which vanishes when b does not depend on a (sum_a grad pi(a|s) = 0): KL (k1) and PM need nothing
+more. Conditional PM with beta_pm != beta_kl has b = beta_kl + (beta_pm - beta_kl) 1[pi_ref(a|s) > alpha];
+its beta_kl part has zero mean (a state-only baseline, left out to save variance), and the rest is
+the per-token weight w_t of :func:`direct_weight`. The loop adds it to the loss as a per-token
+advantage correction, A_t -> A_t - w_t at token t alone, so the update is the exact gradient of J
+and the LM reaches the token-tree optimum of :mod:`pluralign.lab.token_tree` for any coefficients
+(w = 0 when beta_pm = beta_kl: the released code's estimator is then already exact). k2 and k3 in
+the reward also have action-dependent derivatives (beta d and beta (1 - pi_ref/pi)); no direct term
+is added for them: they stay the biased reward shapings described above.
 """
 
 from __future__ import annotations
@@ -81,13 +99,31 @@ def conditional_pm_penalty(logp, ref_logp, alpha: float, beta_pm: float, beta_kl
     is guarded by ``alpha_ctl > 0``); beta_pm = beta_kl = beta reproduces the released code,
     which uses one coefficient ``kl_ctl`` for both branches.
     """
+    kl = beta_kl * (logp - ref_logp)
+    branch = pm_branch(ref_logp, alpha)
+    return _masked(kl if branch is None else torch.where(branch, beta_pm * logp, kl), mask)
+
+
+def pm_branch(ref_logp: torch.Tensor, alpha: float) -> torch.Tensor | None:
+    """Where conditional PM takes its PM branch: pi_ref(a_t|s_t) > alpha (the released code's
+    ``ref_log_probs > log(alpha_ctl)``); None for alpha = 0 (no token: plain KL)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"conditional PM: alpha is a probability threshold in [0, 1], got {alpha}")
-    kl = beta_kl * (logp - ref_logp)
-    if alpha == 0.0:
-        return _masked(kl, mask)
-    pm_branch = ref_logp > math.log(alpha)
-    return _masked(torch.where(pm_branch, beta_pm * logp, kl), mask)
+    return None if alpha == 0.0 else ref_logp > math.log(alpha)
+
+
+def conditional_pm_direct_weight(ref_logp, alpha: float, beta_pm: float, beta_kl: float, mask=None):
+    """Direct-term weight of conditional PM (module doc, "The direct term"):
+
+        w_t = (beta_pm - beta_kl) * 1[pi_ref(a_t|s_t) > alpha],
+
+    so that -E[sum_t w_t grad log pi(a_t|s_t)] is the part of grad E[s - sum_t c_t] that the
+    detached penalty misses. None when it is 0 everywhere (beta_pm = beta_kl, or alpha = 0).
+    """
+    branch = pm_branch(ref_logp, alpha)
+    if branch is None or beta_pm == beta_kl:
+        return None
+    return _masked((beta_pm - beta_kl) * branch.to(ref_logp.dtype), mask)
 
 
 def sequence_penalty(token_penalty: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -104,6 +140,20 @@ PENALTIES = {
         logp, ref_logp, alpha, beta_pm, beta_kl, mask),
     "none": lambda logp, ref_logp, mask: torch.zeros_like(logp),
 }
+
+
+# Name -> function(ref_logp, mask, **args) -> w_t [N, T] or None, for the penalties whose coefficient
+# depends on the action; every other penalty's direct term is 0.
+DIRECT_WEIGHTS = {
+    "conditional_pm": lambda ref_logp, mask, alpha, beta_pm, beta_kl: conditional_pm_direct_weight(
+        ref_logp, alpha, beta_pm, beta_kl, mask),
+}
+
+
+def direct_weight(name: str, ref_logp, mask, args: dict | None = None) -> torch.Tensor | None:
+    """Per-token direct-term weight w_t of penalty ``name`` (module doc), or None where it is 0."""
+    fn = DIRECT_WEIGHTS.get(name)
+    return None if fn is None else fn(ref_logp, mask, **(args or {}))
 
 
 def compute_penalty(name: str, logp, ref_logp, mask, args: dict | None = None) -> torch.Tensor:

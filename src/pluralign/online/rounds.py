@@ -88,11 +88,10 @@ def build_labeler(cfg: OnlineRunConfig, problem: OnlineProblem, tokenizer, devic
         return MatrixLabeler(problem)
     if o.labels == "judge":
         return JudgeLabeler(problem, import_callable(o.judge, "online.judge"))
-    from pluralign.reward_model import load_reward_model
+    from pluralign.reward_model import load_reward_model, load_reward_tokenizer
     from pluralign.rl.rewards import ModelReward, WeightedRewards
 
-    if (Path(o.reward_model) / "tokenizer_config.json").is_file():  # `pluralign rm` saves the model's own tokenizer
-        tokenizer = load_tokenizer(o.reward_model)
+    tokenizer = load_reward_tokenizer(o.reward_model, tokenizer)  # `pluralign rm` saves the model's own tokenizer
     model = load_reward_model(o.reward_model, tokenizer).to(device).eval()
     return RewardLabeler(problem, WeightedRewards([ModelReward(model, tokenizer)]))
 

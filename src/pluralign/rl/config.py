@@ -1,12 +1,15 @@
 """Recipes of the reward-model and RL loops: the offline run's sections plus one section each.
 
-``pluralign rm``: :class:`RMRunConfig` = model, data, optim, train (as for ``pluralign train``) +
-``reward_model``. ``pluralign rl``: :class:`RLRunConfig` = model, reference, data (prompts), optim,
-train + ``rl``. The ``objective`` section is not read by either loop.
+``pluralign rm``: :class:`RMRunConfig` = model, reference, data, optim, train (as for ``pluralign
+train``) + ``reward_model``. ``pluralign rl``: :class:`RLRunConfig` = the same (data: the prompts)
++ ``rl``. Neither has the offline run's ``objective`` section (their losses are set by
+``reward_model`` and ``rl``); a recipe that carries one is refused with an error naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from pluralign.objectives.penalties import KL_ESTIMATORS, PENALTIES
@@ -14,6 +17,7 @@ from pluralign.rl.estimators import ADVANTAGES
 from pluralign.train.config import ConfigError, RunConfig
 
 ESTIMATORS = (*ADVANTAGES, "ppo")
+CRITICS = ("auto", "shared", "head", "reward_model")  # pluralign.rl.critic
 
 
 @dataclass
@@ -29,8 +33,17 @@ class RewardModelConfig:
             raise ConfigError(f"reward_model.center_coefficient = {self.center_coefficient!r}; expected a number >= 0")
 
 
+# RunConfig's sections except ``objective``, derived from it so that a section added there is here too.
+LoopRunConfig = dataclasses.make_dataclass(
+    "LoopRunConfig",
+    [(f.name, typing.get_type_hints(RunConfig)[f.name], field(default_factory=f.default_factory))
+     for f in dataclasses.fields(RunConfig) if f.name != "objective"],
+    namespace={"__doc__": ":class:`pluralign.train.config.RunConfig` without its ``objective`` section.",
+               "__module__": __name__})
+
+
 @dataclass
-class RMRunConfig(RunConfig):
+class RMRunConfig(LoopRunConfig):
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
 
@@ -49,7 +62,11 @@ class RLConfig:
     alpha: float = 0.0  # conditional_pm: PM branch where pi_ref(a_t|s_t) > alpha (0 = plain KL)
     beta_pm: float = 0.1  # conditional_pm: coefficient of the PM branch
     beta_kl: float = 0.1  # conditional_pm: coefficient of the KL branch (equal to beta_pm = released code)
-    estimator: str = "rloo"  # rloo | group_normalized | ppo (clipped PPO with GAE and a value head)
+    estimator: str = "rloo"  # rloo | group_normalized | ppo (clipped PPO with GAE and a critic)
+    # ppo: auto (reward_model when rewards come from a reward model with the policy's vocabulary, else head) |
+    # shared (value head on the policy; the value loss trains the policy too) | head (the same, gradient stopped
+    # at the policy's hidden state) | reward_model (a separate critic initialised from rl.reward_model)
+    critic: str = "auto"
     ppo_epochs: int = 1  # ppo: passes over each rollout (the first seed paper's authors: 1)
     num_minibatches: int = 1  # ppo: optimizer steps per pass, each over train.batch_size / this many prompts
     cliprange: float = 0.2  # ppo: policy ratio clip epsilon
@@ -73,6 +90,9 @@ class RLConfig:
             ("penalty", self.penalty in PENALTIES, " | ".join(PENALTIES)),
             ("kl_estimator", self.kl_estimator in KL_ESTIMATORS, " | ".join(KL_ESTIMATORS)),
             ("estimator", self.estimator in ESTIMATORS, " | ".join(ESTIMATORS)),
+            ("critic", self.critic in CRITICS, " | ".join(CRITICS)),
+            ("critic", self.critic != "reward_model" or self.reward_model is not None,
+             "auto | shared | head when rl.reward_model is not set (reward_model initialises the critic from it)"),
             ("ppo_epochs", self.ppo_epochs >= 1, "an integer >= 1"),
             ("num_minibatches", self.num_minibatches >= 1, "an integer >= 1 dividing train.batch_size"),
             ("cliprange", self.cliprange > 0, "a number > 0"),
@@ -102,13 +122,10 @@ class RLConfig:
 
 
 @dataclass
-class RLRunConfig(RunConfig):
+class RLRunConfig(LoopRunConfig):
     rl: RLConfig = field(default_factory=RLConfig)
 
     def __post_init__(self):
-        if self.rl.estimator == "ppo" and self.model.lora is not None:
-            raise ConfigError("rl.estimator = 'ppo' with model.lora: not supported (checkpoints of LoRA runs hold the "
-                              "adapters only, not the value head); set model.lora=null or use rl.estimator=rloo")
         if self.rl.estimator == "ppo" and self.train.batch_size % self.rl.num_minibatches:
             raise ConfigError(f"rl.num_minibatches = {self.rl.num_minibatches} must divide train.batch_size = "
                               f"{self.train.batch_size} (PPO minibatches split each micro-batch's prompts)")

@@ -38,12 +38,28 @@ def group_normalized_advantages(rewards: torch.Tensor, scale: bool = True, eps: 
 
 
 def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Score-function (REINFORCE) loss per sequence: l_i = -A_i * sum_t log pi(a_t|s_t), [N].
+    """Score-function (REINFORCE) loss per sequence: l_i = -sum_t A_it log pi(a_t|s_t), [N].
 
-    ``advantages`` [N] are detached sequence advantages (e.g. RLOO on rewards that already carry
-    a k1 KL or PM penalty); its gradient estimates -grad E[A log pi(y|x)].
+    ``advantages`` are detached: [N] sequence advantages A_i on every token (e.g. RLOO on rewards
+    that already carry a k1 KL or PM penalty; the gradient estimates -grad E[A log pi(y|x)]), or
+    [N, T] per token (a sequence advantage minus a penalty's direct term,
+    :func:`pluralign.objectives.penalties.direct_weight`).
     """
-    return -advantages.detach() * (logp * mask).sum(-1)
+    adv = advantages.detach()
+    if adv.dim() == 1:
+        return -adv * (logp * mask).sum(-1)
+    return -(adv * logp * mask).sum(-1)
+
+
+def with_direct_term(advantages: torch.Tensor, weight: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token advantages A_t - w_t (0 outside ``mask``): the direct term of a penalty whose
+    coefficient depends on the action (:mod:`pluralign.objectives.penalties`, "The direct term"),
+    applied at its own token only. ``advantages`` [N] (broadcast to every token) or [N, T];
+    ``weight`` None leaves them as they are."""
+    if weight is None:
+        return advantages
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
+    return (adv - weight) * mask.to(weight.dtype)
 
 
 def token_rewards(score: torch.Tensor, penalty: torch.Tensor, mask: torch.Tensor, clip: float | None = 5.0) -> torch.Tensor:

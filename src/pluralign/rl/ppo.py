@@ -19,12 +19,13 @@ PAPERS.md section 2.3), per rollout:
    (clipped surrogate with ``cliprange``, clipped value loss with ``cliprange_value``; each a
    mean over a completion's tokens, then over completions).
 
-The critic is a linear value head on the policy's own last hidden state (TRL's
-``AutoModelForCausalLMWithValueHead`` shape; :data:`pluralign.reward_model.VALUE_HEAD`): one forward
-gives log-probs and values, the head's parameters are in the optimizer, and checkpoints hold it
-beside the policy's weights (``value_head.weight`` / ``.bias`` in ``model.safetensors``; a plain
-``AutoModelForCausalLM`` load ignores them). The value loss also trains the shared backbone,
-scaled by ``vf_coef``. Metrics use TRL's PPO names: ``loss/policy_avg``, ``loss/value_avg``,
+The critic (:mod:`pluralign.rl.critic`, ``rl.critic``) is a value head on the policy's last
+hidden state (``shared``, or ``head`` with the value loss's gradient stopped there) or a separate
+model initialised from the reward model (``reward_model``); one call of :class:`ActorCritic`
+gives log-probs and values, the critic's parameters are in the optimizer, and checkpoints hold it
+in ``critic/`` beside the policy's ``model/`` (full weights or LoRA adapters). The penalty's direct
+term (:func:`pluralign.objectives.penalties.direct_weight`) is subtracted from each token's
+advantage. Metrics use TRL's PPO names: ``loss/policy_avg``, ``loss/value_avg``,
 ``policy/clipfrac_avg``, ``policy/approxkl_avg``, ``val/clipfrac_avg``.
 """
 
@@ -36,44 +37,41 @@ import torch
 from torch import nn
 
 from pluralign.models import unwrap_peft
-from pluralign.reward_model import VALUE_HEAD, RewardModel
-from pluralign.rl.estimators import gae, ppo_policy_loss, ppo_statistics, ppo_value_loss, token_rewards
+from pluralign.rl.estimators import gae, ppo_policy_loss, ppo_statistics, ppo_value_loss, token_rewards, with_direct_term
 from pluralign.rl.scoring import unflatten_tokens
 
 
 class ActorCritic(nn.Module):
-    """A :class:`~pluralign.logprobs.SequenceLogprobs` scorer plus a value head on its model's last
-    hidden state (added, zero-initialised, if the model has none: every value starts at 0).
-    ``forward(batch, width)`` -> (log pi(a_t|s_t) [N, width], V(s_t) [N, width]), rows in the
-    rollout's prompt-major order; V(s_t) is read at the position that predicts a_t."""
+    """A :class:`~pluralign.logprobs.SequenceLogprobs` scorer and a critic
+    (:mod:`pluralign.rl.critic`). ``forward(batch, width)`` -> (log pi(a_t|s_t) [N, width],
+    V(s_t) [N, width]), rows in the rollout's prompt-major order; V(s_t) is read at the position
+    that predicts a_t."""
 
-    def __init__(self, scorer: nn.Module):
+    def __init__(self, scorer: nn.Module, critic: nn.Module):
         super().__init__()
-        self.scorer = scorer
-        RewardModel.with_value_head(scorer.model)
+        self.scorer, self.critic = scorer, critic
 
     @property
     def model(self) -> nn.Module:
         return self.scorer.model
 
-    @property
-    def value_head(self) -> nn.Module:
-        return getattr(unwrap_peft(self.scorer.model), VALUE_HEAD)
-
     def forward(self, batch, width: int):
-        captured = {}
+        if self.critic.reads_policy_hidden:
+            captured = {}
 
-        def keep_hidden(module, args, out):
-            captured["hidden"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
+            def keep_hidden(module, args, out):
+                captured["hidden"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
 
-        # The decoder's output is the hidden state both logit paths of SequenceLogprobs start from.
-        handle = unwrap_peft(self.scorer.model).base_model.register_forward_hook(keep_hidden)
-        try:
+            # The decoder's output is the hidden state both logit paths of SequenceLogprobs start from.
+            handle = unwrap_peft(self.scorer.model).base_model.register_forward_hook(keep_hidden)
+            try:
+                flat_logp = self.scorer(batch, per_token=True)
+            finally:
+                handle.remove()
+            flat_values = self.critic(captured["hidden"][batch.gather_row, batch.gather_pos])
+        else:
             flat_logp = self.scorer(batch, per_token=True)
-        finally:
-            handle.remove()
-        hidden = captured["hidden"][batch.gather_row, batch.gather_pos]
-        flat_values = self.value_head(hidden).squeeze(-1).float()
+            flat_values = self.critic(batch)
         n = batch.num_examples * batch.max_responses
         return (unflatten_tokens(flat_logp, batch.gather_seq, n, width),
                 unflatten_tokens(flat_values, batch.gather_seq, n, width))
@@ -98,15 +96,17 @@ class PPOSettings:
 
 
 @torch.no_grad()
-def ppo_targets(module: ActorCritic, batch, mask, score, token_penalty, s: PPOSettings) -> dict:
+def ppo_targets(module: ActorCritic, batch, mask, score, token_penalty, direct, s: PPOSettings) -> dict:
     """Steps 1-3 of the module docstring for one micro-batch: old log-probs and values, advantages
-    and returns, all [N, T] and detached."""
+    (minus the penalty's direct term ``direct`` at each token, before whitening) and returns, all
+    [N, T] and detached."""
     width = mask.shape[1]
     old_logp, old_values = module(batch, width)
     maskf = mask.to(old_values.dtype)
     old_values = old_values * maskf
     rewards = token_rewards(score, token_penalty, mask, s.score_clip)
     advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
+    advantages = with_direct_term(advantages, direct, mask)
     if s.whiten_advantages:
         n = maskf.sum().clamp_min(1)
         mean = (advantages * maskf).sum() / n
@@ -139,8 +139,8 @@ class PPOUpdate:
     def updates_per_step(self) -> int:
         return self.s.epochs * self.s.minibatches
 
-    def targets(self, module, batch, mask, score, token_penalty, k) -> dict:
-        return ppo_targets(module, batch, mask, score, token_penalty, self.s)
+    def targets(self, module, batch, mask, score, token_penalty, direct, k) -> dict:
+        return ppo_targets(module, batch, mask, score, token_penalty, direct, self.s)
 
     def update(self, run, step: int, rollouts: list, module, rank: int):
         s, k = self.s, rollouts[0].k

@@ -8,12 +8,16 @@ Each optimizer step, for ``train.batch_size`` prompts per micro-batch:
 2. score them: sequence reward s(x, y) (world, reward model or functions; minus the missing-EOS
    penalty), per-token log-probs of the reference in the shared-prefix layout, and the per-token
    penalty c_t (KL k1/k2/k3, PM or conditional PM; :mod:`pluralign.objectives.penalties`) computed
-   from the sampling-time log-probs, so it enters the *reward*: R(y) = s(x, y) - sum_t c_t;
-3. advantages over each prompt's k samples (RLOO by default, or group-normalised);
-4. loss = mean_i -A_i sum_t log pi(a_t|s_t) (score function), one optimizer step.
+   from the sampling-time log-probs, so it enters the *reward*: R(y) = s(x, y) - sum_t c_t; a
+   reward model scores the decoded texts re-tokenized with its own tokenizer;
+3. advantages over each prompt's k samples (RLOO by default, or group-normalised), minus the
+   penalty's direct term w_t at each token (conditional PM with beta_pm != beta_kl, whose
+   coefficient depends on the action; :func:`pluralign.objectives.penalties.direct_weight`);
+4. loss = mean_i -sum_t (A_i - w_t) log pi(a_t|s_t) (score function), one optimizer step: the
+   exact gradient of E[s - sum_t c_t] in expectation.
 
 With ``rl.estimator=ppo`` steps 3-4 are PPO's (:mod:`pluralign.rl.ppo`): per-token rewards (the
-penalty on every token, the score clipped at the last one), GAE with a value head on the policy,
+penalty on every token, the score clipped at the last one), GAE with a critic (``rl.critic``),
 then ``rl.ppo_epochs x rl.num_minibatches`` clipped-surrogate optimizer steps per rollout; the
 schedule counts those optimizer steps, ``step`` in the metrics counts rollouts.
 
@@ -47,7 +51,7 @@ from pluralign.data.collate import Collator
 from pluralign.generation import SamplingParams, TransformersGenerator, missing_eos_penalty
 from pluralign.logprobs import SequenceLogprobs
 from pluralign.train.setup import build_tokenizer
-from pluralign.objectives.penalties import compute_penalty, sequence_penalty
+from pluralign.objectives.penalties import compute_penalty, direct_weight, sequence_penalty
 from pluralign.rl.config import RLRunConfig
 from pluralign.rl.metrics import rollout_pm_divergence
 from pluralign.rl.rewards import ModelReward, WeightedRewards, WorldReward
@@ -131,9 +135,11 @@ def build_rewards(cfg: RLRunConfig, world, tokenizer, device, functions=None) ->
         elif rl.reward == "model":
             if rl.reward_model is None:
                 raise ConfigError("rl.reward = 'model' needs rl.reward_model (a folder written by `pluralign rm`)")
-            from pluralign.reward_model import load_reward_model
+            from pluralign.reward_model import load_reward_model, load_reward_tokenizer
 
-            functions = [ModelReward(load_reward_model(rl.reward_model, tokenizer).to(device).eval(), tokenizer)]
+            # The reward model reads its own tokens: the decoded completions are re-tokenized with its tokenizer.
+            rm_tokenizer = load_reward_tokenizer(rl.reward_model, tokenizer)
+            functions = [ModelReward(load_reward_model(rl.reward_model, rm_tokenizer).to(device).eval(), rm_tokenizer)]
         else:
             functions = [_import_function(spec) for spec in rl.reward_functions]
     return WeightedRewards(functions, rl.reward_weights)
@@ -173,10 +179,13 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
         (reference,) = build_reference(live_cfg, accelerator, model, tokenizer, [prompts], collator, out)
 
     update = build_update(rl, collator, cfg.train.seed)
-    if rl.estimator == "ppo":  # the critic: a value head on the policy, in the same module and optimizer
+    if rl.estimator == "ppo":  # the critic in the same module and optimizer, saved in each checkpoint's critic/
+        from pluralign.rl.critic import build_critic, checkpoint_critic
         from pluralign.rl.ppo import ActorCritic
 
-        policy = ActorCritic(policy)
+        critic = build_critic(rl, model, tokenizer).to(device)
+        policy = ActorCritic(policy, critic)
+        checkpoint_critic(accelerator, critic)
     prefix = "scorer.model." if rl.estimator == "ppo" else "model."
     run = wire_training(accelerator, cfg, policy, out, total_steps, config, f"rl/{rl.penalty}", export=lambda m: m.model,
                         prefix=prefix, schedule_steps=total_steps * update.updates_per_step)
@@ -249,9 +258,10 @@ def make_rollout(cfg: RLRunConfig, generator, rewards, reference, collator, upda
         with peft.disable_adapter() if peft is not None else nullcontext():
             ref = token_logprobs(reference.module, batch, width)
     token_penalty = compute_penalty(rl.penalty, logp, ref, mask, rl.penalty_args())
+    direct = direct_weight(rl.penalty, ref, mask, rl.penalty_args())  # the loss's share of the penalty's gradient
     penalty = sequence_penalty(token_penalty, mask)
     score = score.to(device)
-    targets = update.targets(module, batch, mask, score, token_penalty, k)
+    targets = update.targets(module, batch, mask, score, token_penalty, direct, k)
     maskf = mask.float()
     stats = {
         "reward": score.mean(),

@@ -1,14 +1,15 @@
 """The two update rules of ``pluralign rl``, picked once by ``rl.estimator``.
 
-Both expose ``targets(module, batch, mask, score, token_penalty, k)`` (what a rollout needs
+Both expose ``targets(module, batch, mask, score, token_penalty, direct, k)`` (what a rollout needs
 for its loss, computed under no-grad when the rollout is made), ``update(run, step, rollouts,
 module, rank) -> (last StepOutcome, metrics)`` and ``updates_per_step`` (optimizer steps per
 loop step, for the schedule):
 
 * :class:`ScoreFunctionUpdate` (``rloo``, ``group_normalized``): the k1 penalty enters the
   sequence reward R = s - sum_t c_t, advantages over each prompt's k samples
-  (:data:`pluralign.rl.estimators.ADVANTAGES`), one optimizer step of
-  ``policy_gradient_loss``;
+  (:data:`pluralign.rl.estimators.ADVANTAGES`), minus the penalty's direct term ``direct``
+  (w_t [N, T] or None; :func:`pluralign.objectives.penalties.direct_weight`) at each token, one
+  optimizer step of ``policy_gradient_loss``;
 * :class:`pluralign.rl.ppo.PPOUpdate` (``ppo``): per-token rewards, GAE with a value head,
   ``ppo_epochs x num_minibatches`` clipped-surrogate steps.
 """
@@ -16,7 +17,7 @@ loop step, for the schedule):
 from __future__ import annotations
 
 from pluralign.objectives.penalties import sequence_penalty
-from pluralign.rl.estimators import get_advantage_estimator, policy_gradient_loss
+from pluralign.rl.estimators import get_advantage_estimator, policy_gradient_loss, with_direct_term
 from pluralign.rl.scoring import token_logprobs
 
 
@@ -26,9 +27,10 @@ class ScoreFunctionUpdate:
     def __init__(self, estimator: str):
         self.advantages = get_advantage_estimator(estimator)
 
-    def targets(self, module, batch, mask, score, token_penalty, k) -> dict:
+    def targets(self, module, batch, mask, score, token_penalty, direct, k) -> dict:
         shaped = score - sequence_penalty(token_penalty, mask)
-        return {"advantages": self.advantages(shaped.view(-1, k)).reshape(-1)}
+        advantages = self.advantages(shaped.view(-1, k)).reshape(-1)
+        return {"advantages": with_direct_term(advantages, direct, mask)}
 
     def update(self, run, step: int, rollouts: list, module, rank: int):
         def micro_loss(r):

@@ -220,8 +220,8 @@ def check_ranges(section_obj, section: str) -> None:
 def check_config(cfg: "RunConfig") -> None:
     """Re-check every section (fields may have been assigned after construction)."""
     for section in ("model", "reference", "data", "objective", "optim", "train"):
-        obj = getattr(cfg, section)
-        check_ranges(obj, section)
+        if hasattr(cfg, section):  # the rm and rl recipes have no objective
+            check_ranges(getattr(cfg, section), section)
     if cfg.model.lora is not None:
         check_ranges(cfg.model.lora, "model.lora")
     if cfg.data.world is not None:

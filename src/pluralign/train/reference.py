@@ -185,7 +185,7 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
     else (LoRA) ``model`` with adapters disabled. With ``reference.precompute`` the log-probs are
     computed once (cached on disk, split across processes) and no reference model is kept;
     ``plans[i]`` (optional) are the batches to compute part i in (see :func:`compute_table`)."""
-    if cfg.objective.name in REFERENCE_FREE:
+    if hasattr(cfg, "objective") and cfg.objective.name in REFERENCE_FREE:  # rl recipes have no objective
         return [None for _ in parts]
     device = accelerator.device
     peft_policy = model if cfg.model.lora is not None else None
