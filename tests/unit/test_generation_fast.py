@@ -88,12 +88,13 @@ def compactions(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("params", [
-    SamplingParams(max_new_tokens=24, num_completions=4, seed=7),
-    SamplingParams(max_new_tokens=16, num_completions=3, seed=3, temperature=0.7, top_k=40, top_p=0.9),
-    SamplingParams(max_new_tokens=12, num_completions=2, seed=0, greedy=True),
-], ids=["sample", "warped", "greedy"])
+SAMPLE = SamplingParams(max_new_tokens=24, num_completions=4, seed=7)
+WARPED = SamplingParams(max_new_tokens=16, num_completions=3, seed=3, temperature=0.7, top_k=40, top_p=0.9)
+GREEDY = SamplingParams(max_new_tokens=8, num_completions=2, seed=0, greedy=True)
+
+
+@pytest.mark.parametrize("params, attn_impl", [(SAMPLE, "sdpa"), (SAMPLE, "eager"), (WARPED, "sdpa"), (GREEDY, "sdpa")],
+                         ids=["sample-sdpa", "sample-eager", "warped-sdpa", "greedy-sdpa"])
 def test_fast_decode_equals_reference(lm, params, attn_impl, compactions):
     model, tok, prompts = lm
     model.config._attn_implementation = attn_impl
@@ -134,3 +135,27 @@ def test_unpadded_prompts_and_batches(lm):
     assert torch.equal(batched.mask[:3, :n], alone.mask) and not batched.mask[:3, n:].any()
     with pytest.raises(ValueError, match="compact_at"):
         TransformersGenerator(model, tok, compact_at=0.0)
+
+
+def test_preallocated_cache_layer_equals_concatenation():
+    """Keys and values written into the preallocated buffers equal a DynamicLayer's concatenation,
+    also past the room made and after rows are selected."""
+    from transformers.cache_utils import DynamicLayer
+
+    from pluralign.generation import _PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    new = lambda n: (torch.randn(3, 2, n, 4, generator=g), torch.randn(3, 2, n, 5, generator=g))  # noqa: E731
+    plain = DynamicLayer()
+    plain.update(*new(6))
+    grown = _PreallocatedLayer(plain, extra=2)
+    for n in (1, 1, 3):  # the last update needs more room than was made
+        k, v = new(n)
+        want, got = plain.update(k, v), grown.update(k, v)
+        assert all(torch.equal(a, b) for a, b in zip(want, got)) and grown.get_seq_length() == plain.get_seq_length()
+    rows = torch.tensor([2, 0])
+    plain.batch_select_indices(rows)
+    grown.batch_select_indices(rows)
+    k, v = new(1)
+    k, v = k[:2], v[:2]
+    assert all(torch.equal(a, b) for a, b in zip(plain.update(k, v), grown.update(k, v)))
