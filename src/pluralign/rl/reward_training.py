@@ -23,7 +23,7 @@ from pluralign.data.collate import Collator
 from pluralign.objectives.reward import reward_model_loss, reward_stats
 from pluralign.reward_model import build_reward_model
 from pluralign.rl.config import RMRunConfig
-from pluralign.train.data import batch_order, load_run_data
+from pluralign.train.data import batch_order, load_run_data, micro_batches
 from pluralign.train.offline import TrainResult, _group_names, total_training_steps
 from pluralign.train.metrics import StepStats
 from pluralign.train.wiring import evaluate_held_out, start_run, wire_training
@@ -68,8 +68,7 @@ def train_reward_model(cfg: RMRunConfig, *, tokenizer=None, records=None, eval_r
             epoch_order = batch_order(data, bs * accum * world, cfg.train.seed + epoch, cfg.data.group_by_length)
             order_epoch = epoch
         stats = StepStats(groups, device)
-        base = in_epoch * bs * accum * world
-        micro_batches = [epoch_order[lo : lo + bs] for lo in (base + (m * world + rank) * bs for m in range(accum))]
+        step_batches = micro_batches(epoch_order, in_epoch, bs, accum, world, rank)
 
         def micro_loss(idx):
             batch = collator([data[i] for i in idx], idx).to(device)
@@ -78,7 +77,7 @@ def train_reward_model(cfg: RMRunConfig, *, tokenizer=None, records=None, eval_r
             return (batch.weights * losses).sum() / bs
 
         t0 = time.perf_counter()
-        outcome = run.driver.step(step + 1, micro_batches, micro_loss)
+        outcome = run.driver.step(step + 1, step_batches, micro_loss)
         done = step + 1
         row = {**stats.reduce(accelerator, time.perf_counter() - t0), **run.step_fields(outcome, done, per_epoch)}
         if eval_data is not None and cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == total_steps):
