@@ -18,7 +18,6 @@ function on text. Drawing labels is one code path (:func:`rank_groups`).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,15 +47,6 @@ class OnlineProblem:
         return cls(list(world.prompts), [list(c) for c in world.candidates], world.preference_matrix)
 
 
-def import_callable(spec: str, key: str):
-    """``module:function`` -> the function; the error names the recipe key."""
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{key}: cannot import {spec!r} (expected 'module:function'): {err}") from None
-
-
 def check_preference_matrix(P, x: int, K: int, source: str) -> np.ndarray:
     P = np.asarray(P, dtype=float)
     if P.shape != (K, K):
@@ -82,7 +72,20 @@ class MatrixLabeler:
         return self._cache[x]
 
 
-class JudgeLabeler:
+class TextLabeler:
+    """A labeler of texts (``probabilities(prompt, texts, i, j)``); ``matrix(x)`` is its K x K label
+    matrix on candidate set x, computed once."""
+
+    problem: OnlineProblem | None
+    _cache: dict
+
+    def matrix(self, x: int) -> np.ndarray:
+        if x not in self._cache:
+            self._cache[x] = pair_matrix(self, self.problem.prompts[x], self.problem.candidates[x])
+        return self._cache[x]
+
+
+class JudgeLabeler(TextLabeler):
     """``judge(prompt, a, b)`` for every ordered pair, asked once per prompt and pair; on free text
     (:meth:`probabilities`) once per labelled pair."""
 
@@ -100,13 +103,8 @@ class JudgeLabeler:
             out[n] = p
         return out
 
-    def matrix(self, x: int) -> np.ndarray:
-        if x not in self._cache:
-            self._cache[x] = pair_matrix(self, self.problem.prompts[x], self.problem.candidates[x])
-        return self._cache[x]
 
-
-class RewardLabeler:
+class RewardLabeler(TextLabeler):
     """Bradley-Terry labels ``sigmoid(r(x, a) - r(x, b))`` from ``rewards(prompts, completions) ->
     (scores, parts)`` (the RL loop's :class:`~pluralign.rl.rewards.WeightedRewards`); each candidate,
     or each drawn text, is scored once."""
@@ -124,11 +122,6 @@ class RewardLabeler:
     def probabilities(self, prompt: str, texts: list[str], i: np.ndarray, j: np.ndarray) -> np.ndarray:
         r = self.scores(prompt, texts)
         return 0.5 * (1.0 + np.tanh(0.5 * (r[i] - r[j])))  # sigmoid without overflow
-
-    def matrix(self, x: int) -> np.ndarray:
-        if x not in self._cache:
-            self._cache[x] = pair_matrix(self, self.problem.prompts[x], self.problem.candidates[x])
-        return self._cache[x]
 
 
 def pair_matrix(labeler, prompt: str, texts: list[str]) -> np.ndarray:

@@ -45,11 +45,11 @@ from pluralign.online.candidates import CandidateTable
 from pluralign.online.config import OnlineRunConfig, check_online_config
 from pluralign.online.freetext import FreeTextSource, ProbeSet, load_prompt_responses
 from pluralign.online.monitor import round_metrics
-from pluralign.online.problem import JudgeLabeler, MatrixLabeler, OnlineProblem, RewardLabeler, import_callable
+from pluralign.online.problem import JudgeLabeler, MatrixLabeler, OnlineProblem, RewardLabeler
 from pluralign.online.samplers import FROM_POLICY, build_sampler
 from pluralign.online.sources import CandidateSource, RoundData
 from pluralign.train.checkpoint import latest_checkpoint
-from pluralign.train.config import ConfigError
+from pluralign.train.config import ConfigError, import_callable
 from pluralign.train.offline import TrainResult
 from pluralign.train.optim import warmup_steps
 from pluralign.train.setup import build_policy

@@ -38,8 +38,6 @@ renormalised candidate distribution.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -57,7 +55,7 @@ from pluralign.rl.metrics import rollout_pm_divergence
 from pluralign.rl.rewards import ModelReward, WeightedRewards, WorldReward
 from pluralign.rl.scoring import encode_prompt, rollout_examples, token_logprobs
 from pluralign.rl.updates import build_update
-from pluralign.train.config import ConfigError
+from pluralign.train.config import ConfigError, import_callable
 from pluralign.train.offline import TrainResult, total_training_steps
 from pluralign.train.reference import build_reference
 from pluralign.train.wiring import start_run, wire_training
@@ -141,16 +139,8 @@ def build_rewards(cfg: RLRunConfig, world, tokenizer, device, functions=None) ->
             rm_tokenizer = load_reward_tokenizer(rl.reward_model, tokenizer)
             functions = [ModelReward(load_reward_model(rl.reward_model, rm_tokenizer).to(device).eval(), rm_tokenizer)]
         else:
-            functions = [_import_function(spec) for spec in rl.reward_functions]
+            functions = [import_callable(spec, "rl.reward_functions") for spec in rl.reward_functions]
     return WeightedRewards(functions, rl.reward_weights)
-
-
-def _import_function(spec: str):
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"rl.reward_functions: cannot import {spec!r} (expected 'module:function'): {err}") from None
 
 
 def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, reward_functions=None,

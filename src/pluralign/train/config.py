@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pluralign.errors import PluralignError
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -360,3 +361,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def import_callable(spec: str, key: str):
+    """``module:function`` -> the function; the error names the recipe key."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{key}: cannot import {spec!r} (expected 'module:function'): {err}") from None
