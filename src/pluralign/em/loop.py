@@ -128,9 +128,12 @@ def true_groups(cfg: EMRunConfig, annotators: list[str]) -> list[str] | None:
     return None
 
 
-def _sub_config(cfg: EMRunConfig, out: Path, k: int) -> RunConfig:
-    """The offline run of type k's M-step: the recipe's sections, in ``RUN_DIR/mstep/type_k``."""
+def _sub_config(cfg: EMRunConfig, out: Path, k: int, layout: str | None = None) -> RunConfig:
+    """The offline run of type k's M-step: the recipe's sections, in ``RUN_DIR/mstep/type_k``;
+    ``layout``: the batch layout an earlier M-step chose (``data.layout=auto`` checks it once per run)."""
     sub = RunConfig(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(RunConfig)})
+    if layout is not None:
+        sub.data.layout = layout
     sub.train.output_dir = str(out / "mstep" / f"type_{k}")
     sub.train.resume, sub.train.overwrite = False, True
     sub.train.keep_checkpoints = 1
@@ -144,12 +147,13 @@ def _sub_config(cfg: EMRunConfig, out: Path, k: int) -> RunConfig:
 
 
 def m_step(cfg: EMRunConfig, out: Path, k: int, model, tokenizer, records, gamma_k: np.ndarray,
-           annotator: np.ndarray, on_losses=None):
+           annotator: np.ndarray, on_losses=None, layout: str | None = None):
     """Type k's responsibility-weighted DPO / PL-DPO: the offline loop on ``records`` with example
     weights ``gamma_k[annotator] * weight``. Returns the run's TrainResult (``on_losses`` as in
-    :func:`pluralign.train.offline.train`)."""
+    :func:`pluralign.train.offline.train`; ``layout`` as in :func:`_sub_config`)."""
     weighted = [dataclasses.replace(r, weight=r.weight * float(gamma_k[a])) for r, a in zip(records, annotator)]
-    return train(_sub_config(cfg, out, k), model=model, tokenizer=tokenizer, records=weighted, on_losses=on_losses)
+    return train(_sub_config(cfg, out, k, layout), model=model, tokenizer=tokenizer, records=weighted,
+                 on_losses=on_losses)
 
 
 class LastEpochLosses:
@@ -304,11 +308,12 @@ def run_em(cfg: EMRunConfig, *, model=None, tokenizer=None, records=None, eval_r
     scorer = _Scorer(cfg, types, tokenizer.pad_token_id)
     refs: dict[str, tuple] = {}
     eta = floor_weights(gamma.mean(0), em.eta_floor)
+    layout = None if cfg.data.layout == "auto" else cfg.data.layout
     for rnd in range(start, em.rounds):
         t0, c0 = time.perf_counter(), time.process_time()
         m_rows = np.flatnonzero(halves != rnd % 2) if halves is not None else np.arange(len(records))
         eta = floor_weights(gamma.mean(0), em.eta_floor)  # the prior of this round's E-step
-        m_loss, layout = [], "plain"
+        m_loss = []
         last = [None] * em.n_types
         for k in range(em.n_types):
             if not em.warm_start:
@@ -320,8 +325,8 @@ def run_em(cfg: EMRunConfig, *, model=None, tokenizer=None, records=None, eval_r
                 continue
             last[k] = LastEpochLosses(len(m_rows)) if em.estep == "last_epoch" else None
             result = m_step(cfg, out, k, types.policy(k), tokenizer, [records[i] for i in m_rows], gamma[:, k],
-                            annotator[m_rows], on_losses=last[k])
-            layout = result.layout
+                            annotator[m_rows], on_losses=last[k], layout=layout)
+            layout = result.layout  # checked by the first M-step of the run (data.layout=auto), then reused
             m_loss.append(result.history[-1].get("loss") if result.history else None)
         t_m, c_m = time.perf_counter() - t0, time.process_time() - c0
         if rnd == 0 and init == "kmeans" and em.save_cluster_dpo:

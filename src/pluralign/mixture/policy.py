@@ -271,7 +271,8 @@ def base_state_dict(inner: torch.nn.Module) -> dict:
 
 def save_adapter(model, name: str, out: Path) -> None:
     """Adapter ``name`` of a peft model as an adapter folder without the adapter-name subfolder
-    (the EM run directory's layout): adapter_config.json + adapter_model.safetensors."""
+    (the EM run directory's layout): adapter_config.json + adapter_model.safetensors, what
+    ``PeftModel.save_pretrained`` writes for it, without the model card it also generates (slow)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
