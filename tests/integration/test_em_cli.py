@@ -81,7 +81,9 @@ def test_pluralign_em_writes_the_contracted_run_directory(tmp_path, capsys, monk
     with cluster_mix.type_policy(0) as a:
         trained = a(input_ids=ids).logits
     with cluster_mix.reference() as r:
-        assert float((trained - r(input_ids=ids).logits).abs().max()) > 1e-6
+        assert float((trained - r(input_ids=ids).logits).abs().max().detach()) > 1e-6
+    assert main(["aggregate", str(out / "cluster_dpo"), "--hedge-steps", "2000"]) == 0  # MMRA of Cluster-DPO
+    assert json.loads((out / "cluster_dpo" / "aggregate" / "regret.json").read_text())["method"] == "world"
 
     # The saved types load as the contract says and reproduce the posteriors' verdicts: every annotator's
     # votes are likelier under the type it was assigned (where the posterior is decisive).
