@@ -47,16 +47,37 @@ def test_world_run_is_aggregated_exactly(world_run):
     assert out["world_worst_group_regret"]["uniform"] == max(out["world_group_regret"]["uniform"].values())
 
 
-def test_eval_scores_the_mixture_folder_exactly(world_run, tmp_path, capsys):
+def test_eval_scores_the_mixture_folder_as_the_w_mixture_of_its_conditioned_types(world_run, tmp_path, capsys):
+    """`pluralign eval` on the mixture folder: sum_j w_j pi_j(.|x, C), so every regret of the mixture is
+    the w-weighted sum of its types' regrets (the LP's game is exactly the deployed policy's)."""
     folder = world_run / "aggregate" / "mixture"
     assert main(["eval", str(folder), "--world", "tiny", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     mix = MixturePolicy.from_pretrained(folder)
+    w = mix.weights
     world = tiny_world()
+    types = []  # [K][X] each type's candidate distribution, from its own module
+    for _, module in mix.type_policies():
+        types.append(candidate_distributions(module, mix.tokenizer, world))
+    with mix.reference() as ref:
+        reference = candidate_distributions(ref, mix.tokenizer, world)
     for x in range(world.n_prompts):
-        per_type = np.exp(mix.candidate_type_logprobs(world.prompts[x], world.candidates[x]))
-        mass = mix.weights @ per_type
-        np.testing.assert_allclose(result["policy"]["distributions"][x], mass / mass.sum(), rtol=1e-6)
+        want = sum(w[j] * types[j][x] for j in range(mix.n_types))
+        np.testing.assert_allclose(result["policy"]["distributions"][x], want, rtol=1e-6)
+    deployed = [np.array(d) for d in result["policy"]["distributions"]]
+    # the implicit-reward regret of type i for the deployed policy equals sum_j w_j Regret[i, j] (reward regret)
+    out = json.loads((world_run / "aggregate" / "regret.json").read_text())
+    L = np.array(out["log_ratios"])
+    regret = np.diag(L)[:, None] - L
+    for i in range(mix.n_types):
+        ratio = [np.log(types[i][x]) - np.log(reference[x]) for x in range(world.n_prompts)]
+        got = L[i, i] - np.mean([deployed[x] @ ratio[x] for x in range(world.n_prompts)])
+        assert got == pytest.approx(regret[i] @ w, rel=1e-6, abs=1e-9)
+    # the world's true per-group regret likewise, in eval.json and in aggregate's regret.json
+    for g, name in enumerate(world.group_names):
+        per_type = [out["world_group_regret"][f"type_{j}"][name] for j in range(mix.n_types)]
+        assert result["policy"]["mean"]["regret"][name] == pytest.approx(w @ per_type, rel=1e-6)
+        assert out["world_group_regret"]["mmra_lp"][name] == pytest.approx(w @ per_type, rel=1e-6)
     assert candidate_distributions(mix, mix.tokenizer, world)[0].shape == (3,)
     with pytest.raises(SystemExit, match="--data needs one model; .* is a mixture policy"):
         main(["eval", str(folder), "--world", "tiny", "--reference", "tiny", "--data", str(tmp_path / "eval.json"),

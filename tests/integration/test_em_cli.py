@@ -21,7 +21,7 @@ from pluralign.train.data import load_records
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "em_tiny.yaml"
 
 
-def test_pluralign_em_writes_the_contracted_run_directory(tmp_path, capsys):
+def test_pluralign_em_writes_the_contracted_run_directory(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     over = ["em.rounds=2", "train.epochs=1", "data.world.num_records=96", f"train.output_dir={out}",
             f"em.features={tmp_path / 'features.jsonl'}"]
@@ -64,6 +64,26 @@ def test_pluralign_em_writes_the_contracted_run_directory(tmp_path, capsys):
     cluster = json.loads((out / "cluster_dpo" / "em_result.json").read_text())
     assert cluster["rounds"] == 0 and cluster["types"] == ["type_0", "type_1"] and cluster["base"]["name"] == "../base"
     assert (out / "cluster_dpo" / "type_1" / "adapter_model.safetensors").exists()
+    # cluster_dpo/ is a run folder of its own: it loads from any working directory, its base is the run's
+    # base/ (named relative to cluster_dpo/), its types are trained adapters
+    from pluralign.mixture import MixturePolicy
+    from pluralign.mixture.em_run import load_em_run
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cluster_run = load_em_run(out / "cluster_dpo")
+    assert cluster_run.config == config and cluster_run.result["rounds"] == 0
+    cluster_mix, final_mix = cluster_run.mixture(), MixturePolicy.from_em_run(out)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with cluster_mix.reference() as a, final_mix.reference() as b:
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
+    with cluster_mix.type_policy(0) as a:
+        trained = a(input_ids=ids).logits
+    with cluster_mix.reference() as r:
+        assert float((trained - r(input_ids=ids).logits).abs().max().detach()) > 1e-6
+    assert main(["aggregate", str(out / "cluster_dpo"), "--hedge-steps", "2000"]) == 0  # MMRA of Cluster-DPO
+    assert json.loads((out / "cluster_dpo" / "aggregate" / "regret.json").read_text())["method"] == "world"
 
     # The saved types load as the contract says and reproduce the posteriors' verdicts: every annotator's
     # votes are likelier under the type it was assigned (where the posterior is decisive).

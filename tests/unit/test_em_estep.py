@@ -162,6 +162,10 @@ def test_config_errors_name_the_key():
         check_em_config(load_config(None, ["objective.name=dpo"], cls=EMRunConfig))
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, ["em.typess=2"], cls=EMRunConfig)
+    with pytest.raises(ConfigError, match="em.estep = 'last_epoch' .* set em.split_halves=false"):
+        EMConfig(init="random", estep="last_epoch")
+    with pytest.raises(ConfigError, match="em.score_batch_size = 0; expected null or an integer >= 1"):
+        EMConfig(score_batch_size=0)
 
 
 def test_validate_data_reports_identifiability(tmp_path, capsys):

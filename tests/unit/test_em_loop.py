@@ -10,6 +10,7 @@ import torch
 from em_worlds import em_overrides, opposite_world
 from tolerance import assert_close_scaled
 
+from pluralign.data.records import PreferenceRecord
 from pluralign.em import loop
 from pluralign.em.config import EMRunConfig
 from pluralign.em.types import LoraTypes
@@ -59,9 +60,9 @@ def test_split_halves_give_the_m_and_e_steps_disjoint_votes(tmp_path, monkeypatc
     seen = []
     real = loop.m_step
 
-    def spy(cfg, out, k, model, tok, recs, gamma_k, annotator):
+    def spy(cfg, out, k, model, tok, recs, gamma_k, annotator, **kw):
         seen.append((k, {id(r) for r in recs}, len(recs)))  # the records themselves, not copies
-        return real(cfg, out, k, model, tok, recs, gamma_k, annotator)
+        return real(cfg, out, k, model, tok, recs, gamma_k, annotator, **kw)
 
     monkeypatch.setattr(loop, "m_step", spy)
     result = _run(tmp_path / "run", records, "em.init=random", "train.batch_size=8", "train.epochs=1")
@@ -81,17 +82,23 @@ def test_split_halves_give_the_m_and_e_steps_disjoint_votes(tmp_path, monkeypatc
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     records = opposite_world().sample_rankings(32, seed=1, n_per_annotator=4)
+    # a ranking whose responses are identical once truncated to data.max_length: dropped, and counted
+    long = [20 * "A" + end for end in "xyz"]
+    records.append(PreferenceRecord("P:", long, [0, 1, 2], annotator_id=records[0].annotator_id))
     extra = ("em.warm_start=true", "train.batch_size=16")
     whole = _run(tmp_path / "whole", records, *extra)
+    report = (tmp_path / "whole" / "data_report.txt").read_text()
+    assert "32 tokenized examples" in report and "1 skipped (identical_tokens: 1)" in report, report
+    assert "EM runs on the 32 kept records of 33 (1 dropped: record 32: responses 0 and 1 are identical" in report
 
     calls = {"n": 0}
     real = loop.m_step
 
-    def crash(*args):
+    def crash(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 4:  # round 1, type 1: round 0 is saved, round 1 is lost
             raise RuntimeError("killed")
-        return real(*args)
+        return real(*args, **kw)
 
     monkeypatch.setattr(loop, "m_step", crash)
     with pytest.raises(RuntimeError, match="killed"):
@@ -114,3 +121,35 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
         assert a["log_likelihood"] == pytest.approx(b["log_likelihood"], rel=1e-6)
         assert a["type_weights"] == pytest.approx(b["type_weights"], rel=1e-6)
     assert json.loads((tmp_path / "cut" / "em_result.json").read_text())["rounds"] == 2
+
+
+def test_last_epoch_estep_reads_each_records_m_step_loss_and_scores_the_rest(tmp_path):
+    """em.estep=last_epoch: the hook keeps the per-record losses of the M-step's last epoch under the
+    records' own indices; with a learning rate too small to move the policy they equal the exact
+    E-step's minus log-likelihoods, and the records the epoch did not reach (36 = 4 x 8 + 4) are
+    scored exactly."""
+    tok = load_tokenizer("byte")
+    records = opposite_world().sample_rankings(36, seed=2, n_per_annotator=4)
+    annotator = np.array([sorted({r.annotator_id for r in records}).index(r.annotator_id) for r in records])
+    cfg = load_config(None, em_overrides(tmp_path / "em", "train.batch_size=8", "train.epochs=2", "optim.lr=1e-12",
+                                         "em.estep=last_epoch", "em.split_halves=false"), cls=EMRunConfig)
+    types = LoraTypes(load_model("tiny", tok, seed=0), cfg.model.lora, 1)
+    with torch.no_grad():  # a policy away from the reference, so that records' likelihoods differ
+        g = torch.Generator().manual_seed(0)
+        for name, p in types.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    last = loop.LastEpochLosses(len(records))
+    result = loop.m_step(cfg, tmp_path / "em", 0, types.policy(0), tok, records, np.ones(9), annotator, on_losses=last)
+    assert last.epoch == 1 and int(np.isnan(last.losses).sum()) == 4
+    records, data, _ = loop._usable(records, cfg, tok)
+    scorer = loop._Scorer(cfg, types, tok.pad_token_id)
+    ref = scorer.reference(data, result.layout, tok, tmp_path / "em" / "reference_cache")
+    fields = loop.example_tensors(data)
+    exact = loop._scores(cfg, scorer, data, fields, ref, 0, result.layout)[0]
+    assert np.ptp(exact) > 0.1  # the records' likelihoods differ, so a misplaced loss would show
+    seen = ~np.isnan(last.losses)
+    np.testing.assert_allclose(-last.losses[seen], exact[seen], rtol=1e-5, atol=1e-6)
+    filled = loop._log_likelihood(cfg, scorer, data, fields, ref, 0, result.layout, last)
+    np.testing.assert_allclose(filled, exact, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(filled[~seen], exact[~seen], rtol=1e-6, atol=1e-7)  # scored exactly

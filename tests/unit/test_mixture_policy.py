@@ -12,7 +12,7 @@ from tolerance import assert_close_scaled
 from pluralign.eval.world_eval import candidate_distributions
 from pluralign.generation import SamplingParams, TransformersGenerator
 from pluralign.logprobs import score_candidates
-from pluralign.mixture import MixtureError, MixturePolicy
+from pluralign.mixture import MixtureError, MixturePolicy, conditioned_mixture
 from pluralign.models import load_model
 from pluralign.rl.scoring import encode_prompt
 from pluralign.worlds import tiny_world
@@ -100,14 +100,28 @@ def test_sequence_logprob_is_the_weighted_mixture(mixture):
         assert got[n] == pytest.approx(want, rel=1e-5)
 
 
-def test_candidate_distribution_on_a_world_is_the_conditioned_mixture(mixture):
+def test_candidate_distribution_on_a_world_is_the_mixture_of_the_conditioned_types(mixture):
+    """On a candidate set every type is conditioned on it first: sum_j w_j pi_j(.|x, C), not the
+    full-text mixture renormalised over C (which differs once the types' masses on C differ)."""
     world = tiny_world()
     dists = candidate_distributions(mixture, mixture.tokenizer, world)
     for x in range(world.n_prompts):
-        per_type = [score_candidates(m, mixture.tokenizer, world.prompts[x], world.candidates[x]).double().numpy()
+        per_type = [np.exp(score_candidates(m, mixture.tokenizer, world.prompts[x], world.candidates[x]).double().numpy())
                     for _, m in mixture.type_policies()]
-        mass = 0.6 * np.exp(per_type[0]) + 0.4 * np.exp(per_type[1])
-        assert_close_scaled(torch.tensor(dists[x]), torch.tensor(mass / mass.sum()), rel=1e-6)
+        want = 0.6 * per_type[0] / per_type[0].sum() + 0.4 * per_type[1] / per_type[1].sum()
+        assert_close_scaled(torch.tensor(dists[x]), torch.tensor(want), rel=1e-6)
+        # the full-text mixture's probabilities themselves are still what candidate_logprobs gives
+        np.testing.assert_allclose(mixture.candidate_logprobs(world.prompts[x], world.candidates[x]),
+                                   np.log(0.6 * per_type[0] + 0.4 * per_type[1]), rtol=1e-6)
+
+
+def test_conditioned_mixture_by_hand():
+    """Type 0 keeps 0.75 of its mass on C, type 1 only 0.004: conditioned first, each counts by its weight
+    (0.5 [2/3, 1/3] + 0.5 [1/4, 3/4]); the full-text mixture renormalised over C would give type 0's
+    [0.664, 0.336] almost alone."""
+    logp = np.log([[0.5, 0.25], [0.001, 0.003]])
+    np.testing.assert_allclose(conditioned_mixture(logp, [0.5, 0.5]), [11 / 24, 13 / 24], rtol=1e-12)
+    np.testing.assert_allclose(conditioned_mixture(logp, [1.0, 0.0]), [2 / 3, 1 / 3], rtol=1e-12)
 
 
 def test_save_and_load_round_trip(mixture, tmp_path):

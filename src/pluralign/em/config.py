@@ -13,6 +13,7 @@ from pluralign.train.config import ConfigError, RunConfig
 
 KINDS = ("lora", "full")
 INITS = ("auto", "kmeans", "random")
+ESTEPS = ("exact", "last_epoch")
 EM_OBJECTIVES = ("plackett_luce", "dpo")  # their per-record loss is minus the log-likelihood of the record
 
 
@@ -28,6 +29,10 @@ class EMConfig:
     warm_start: bool = False  # false: every round re-initialises each type from the SFT model (the authors' choice)
     eta_floor: float = 1e-3  # type weights are floored at this and renormalised, so no type dies
     true_groups: str | None = None  # JSON {annotator_id: group}; default: the GROUP of ids "GROUP/aN" (worlds) when all have one
+    estep: str = "exact"  # exact: the E-step scores every record under every trained type | last_epoch: each type's
+    #   per-record losses from its M-step's last epoch (an approximation, see pluralign.em.loop; needs split_halves off)
+    score_batch_size: int | None = None  # examples per E-step scoring batch (a forward in inference mode keeps no
+    #   activations for a backward); None: 4 x train.batch_size
     save_cluster_dpo: bool = True  # k-means init: save the round-0 policies (the Cluster-DPO baseline) to cluster_dpo/
     seed: int = 0  # initialisation (k-means, the random partition, half splits)
 
@@ -35,8 +40,12 @@ class EMConfig:
         checks = [
             ("n_types", isinstance(self.n_types, int) and self.n_types >= 1, "an integer >= 1"),
             ("rounds", isinstance(self.rounds, int) and self.rounds >= 1, "an integer >= 1"),
+            ("score_batch_size", self.score_batch_size is None or (isinstance(self.score_batch_size, int)
+                                                                    and self.score_batch_size >= 1),
+             "null or an integer >= 1"),
             ("kind", self.kind in KINDS, " | ".join(KINDS)),
             ("init", self.init in INITS, " | ".join(INITS)),
+            ("estep", self.estep in ESTEPS, " | ".join(ESTEPS)),
             ("eta_floor", 0 < self.eta_floor < 1.0 / max(1, self.n_types), f"a number in (0, 1/n_types = "
                                                                             f"{1.0 / max(1, self.n_types):.3g})"),
         ]
@@ -45,6 +54,10 @@ class EMConfig:
                 raise ConfigError(f"em.{key} = {getattr(self, key)!r}; expected {expected}")
         if self.init == "kmeans" and self.features is None:
             raise ConfigError("em.init = 'kmeans' needs em.features (a file of per-annotator feature vectors)")
+        if self.estep == "last_epoch" and self.resolved_split_halves:
+            raise ConfigError("em.estep = 'last_epoch' reads the E-step's log-likelihoods off the M-step, so every "
+                              "M-step must train on every record: set em.split_halves=false (split halves are on by "
+                              "default with a random initialisation)")
 
     @property
     def resolved_init(self) -> str:

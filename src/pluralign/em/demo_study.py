@@ -273,31 +273,18 @@ def em_labels(result, ids: list[str]) -> np.ndarray:
 
 def lm_mixtures(run_dir: Path):
     """(EM-DPO mixture, Cluster-DPO mixture) of an EM run as MixturePolicies (``pluralign.mixture``),
-    with the run's type weights; the Cluster-DPO one from the round-0 folder ``cluster_dpo/``."""
+    with the run's type weights; the Cluster-DPO one from the round-0 run folder ``cluster_dpo/``."""
     from pluralign.mixture.em_run import load_em_run
-    from pluralign.mixture.policy import assemble
 
-    run = load_em_run(run_dir)
-    em_mix = run.mixture()
-    cluster = json.loads((run_dir / "cluster_dpo" / "em_result.json").read_text())
-    tokenizer = run.tokenizer()
-    cluster_mix = assemble(run.load_base(tokenizer), tokenizer, cluster["kind"],
-                           [run_dir / "cluster_dpo" / t for t in cluster["types"]], run.type_names,
-                           cluster["type_weights"], beta=float(cluster["beta"]),
-                           where=str(run_dir / "cluster_dpo" / "em_result.json"))
-    return em_mix, cluster_mix
+    return load_em_run(run_dir).mixture(), load_em_run(run_dir / "cluster_dpo").mixture()
 
 
 def lm_mmra(mix, world: World) -> dict:
     """MMRA on a MixturePolicy's type policies (``pluralign.mixture``): the exact regret matrix on
-    the world (each type's renormalised candidate distribution), LP and Hedge weights, and two
-    candidate distributions of the deployed mixture with the LP weights:
-
-    * ``policy``: sum_j w_j pi_j(.|x, C), each type answering among the candidates C; the regret
-      the LP minimises is linear in w for exactly this distribution;
-    * ``mixture_policy``: the MixturePolicy's exact mixture probability renormalised over C,
-      sum_j w_j pi_j(y|x) / sum_j w_j pi_j(C|x); it equals ``policy`` when every type's mass on
-      C is the same, and otherwise leans towards the types with more mass on C.
+    the world (each type's renormalised candidate distribution), LP and Hedge weights, and the
+    deployed mixture with the LP weights on each prompt's candidates C,
+    ``policy`` = sum_j w_j pi_j(.|x, C) (``MixturePolicy.candidate_distribution``, what
+    ``pluralign eval`` and ``pluralign aggregate`` score), whose regret is linear in w.
 
     ``candidate_mass`` [J, X]: each type's pi_j(C|x) (DPO moves only log-ratios within C, so this
     mass drifts freely during training)."""
@@ -311,12 +298,10 @@ def lm_mmra(mix, world: World) -> dict:
     deployed = mix.with_weights(w)
     logps = np.stack([np.stack(candidate_logprobs(m, mix.tokenizer, world)) for _, m in mix.type_policies()])
     types = np.stack([[renormalise(lp) for lp in per_type] for per_type in logps])
-    mixture_policy = np.stack([renormalise(deployed.candidate_logprobs(p, c))
-                               for p, c in zip(world.prompts, world.candidates)])
+    policy = np.stack([deployed.candidate_distribution(p, c) for p, c in zip(world.prompts, world.candidates)])
     return {"regret_matrix": regret, "weights_lp": w, "weights_hedge": np.asarray(weights["weights"]["hedge"]),
             "lp_value": float(weights["lp_value"]), "hedge_worst": float(weights["worst_case_regret"]["mmra_hedge"]),
-            "type_policies": types, "candidate_mass": np.exp(logps).sum(axis=2), "policy": mw.mixture(types, w),
-            "mixture_policy": mixture_policy}
+            "type_policies": types, "candidate_mass": np.exp(logps).sum(axis=2), "policy": policy}
 
 
 # ---------------------------------------------------------------- the study
@@ -375,9 +360,7 @@ def _run(out: Path, quick: bool, seed: int) -> dict:
             design["lm"]["policies"] = {"pooled": policy_row(world, tw, lm_pooled[name])}
             em_mix, cluster_mix = (lm_mmra(m, world) for m in lm_mixtures(out / f"em_{name}"))
             design["lm"]["policies"].update({"MMRA of EM-DPO": policy_row(world, tw, em_mix["policy"]),
-                                             "MMRA of Cluster-DPO": policy_row(world, tw, cluster_mix["policy"]),
-                                             "MixturePolicy of EM-DPO, absolute mixture":
-                                                 policy_row(world, tw, em_mix["mixture_policy"])})
+                                             "MMRA of Cluster-DPO": policy_row(world, tw, cluster_mix["policy"])})
             design["lm"]["mmra"] = {k: _plain(m) for k, m in (("em", em_mix), ("cluster", cluster_mix))}
             design["lm"]["pooled_vs_lab_max_abs"] = float(np.abs(lm_pooled[name] - np.array(tabular["pooled_policy"])).max())
         designs[name] = design
@@ -523,14 +506,11 @@ def _report(s: dict) -> str:
         f"tabular fit of the same votes: max |difference| of a candidate probability "
         f"{rank['lm']['pooled_vs_lab_max_abs']:.4f}.",
         "",
-        f"The MMRA rows deploy sum_j w_j pi_j(.|x, C): each type answers among the candidates C, the distribution "
-        f"whose regret the LP minimises. DPO moves only log-ratios within C, and the LM's types keep little of "
-        f"their mass on C (type 0 / type 1, per prompt: "
-        f"{[[format(m, '.1e') for m in row] for row in rank['lm']['mmra']['em']['candidate_mass']]}), so the "
-        "MixturePolicy's exact "
-        f"mixture probability renormalised over C, sum_j w_j pi_j(y|x) / sum_j w_j pi_j(C|x), follows the type "
-        f"with more mass on C: worst-group regret "
-        f"{rank['lm']['policies']['MixturePolicy of EM-DPO, absolute mixture']['worst_regret']:.3f}.",
+        f"The MMRA rows deploy the MixturePolicy evaluated on the candidates C as every policy is, type by type: "
+        f"sum_j w_j pi_j(.|x, C), the distribution whose regret the LP minimises and which `pluralign eval` scores. "
+        f"DPO moves only log-ratios within C, and the LM's types keep little of their full-text mass on C "
+        f"(type 0 / type 1, per prompt: "
+        f"{[[format(m, '.1e') for m in row] for row in rank['lm']['mmra']['em']['candidate_mass']]}).",
         "",
         "![regrets](regrets.png)",
         "",

@@ -82,11 +82,17 @@ def _em_result(n_types, type_weights, kind, base_info, types_prefix, beta, round
 
 
 def write_run(dest: Path, types, gamma, annotators, annotator, type_weights, base_info, beta, rounds,
-              relative_base: str | None = None) -> None:
-    """A self-contained result folder (the ``cluster_dpo/`` layout): ``dest/type_k``, em_result.json,
-    posteriors.jsonl. ``relative_base``: where the saved base lies relative to ``dest``."""
+              relative_base: str | None = None, run_dir: Path | None = None) -> None:
+    """A loadable run folder (the ``cluster_dpo/`` layout): ``dest/type_k``, em_result.json,
+    posteriors.jsonl, and the ``run_dir``'s config.json and tokenizer/ copied in, so that
+    ``pluralign.mixture.load_em_run(dest)`` reads it like the run itself. ``relative_base``: where
+    the saved base lies relative to ``dest``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    if run_dir is not None:
+        shutil.copy2(Path(run_dir) / "config.json", dest / "config.json")
+        shutil.rmtree(dest / "tokenizer", ignore_errors=True)
+        shutil.copytree(Path(run_dir) / "tokenizer", dest / "tokenizer")
     for k in range(types.n_types):
         types.save(k, dest / f"type_{k}")
     base = dict(base_info)

@@ -66,14 +66,16 @@ class LoraTypes:
 
     def save(self, k: int, path: Path) -> None:
         """A peft adapter folder (adapter_config.json + adapter_model.safetensors) without the
-        adapter-name subfolder peft adds for a named adapter."""
+        adapter-name subfolder (``pluralign.mixture.policy.save_adapter``), written next to ``path``
+        and then moved there, so a crash leaves the old folder or the new one."""
+        from pluralign.mixture.policy import save_adapter
+
         path = Path(path)
         tmp = path.with_name(path.name + ".saving")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(str(tmp), selected_adapters=[type_name(k)])
+        save_adapter(self.model, type_name(k), tmp)
         shutil.rmtree(path, ignore_errors=True)
-        (tmp / type_name(k)).rename(path)
-        shutil.rmtree(tmp)
+        tmp.rename(path)
 
     @torch.no_grad()
     def load(self, k: int, path: Path) -> None:

@@ -3,7 +3,7 @@
 CHECKPOINT_OR_MODEL is any causal LM that transformers loads: a ``save_pretrained`` folder (from
 pluralign, TRL or plain transformers), a pluralign run folder (its latest checkpoint) or checkpoint
 folder, or a built-in name (``tiny``); or a mixture policy folder (``pluralign aggregate``), scored by
-its exact mixture distribution over each prompt's candidates. The tokenizer is read from the model folder when it holds
+the w-mixture of its types' distributions over each prompt's candidates, sum_j w_j pi_j(.|x, C). The tokenizer is read from the model folder when it holds
 one, else from ``--tokenizer``.
 """
 

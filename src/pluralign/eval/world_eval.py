@@ -6,7 +6,9 @@ For prompt x with candidates y_1..y_K the LM's policy on the world is
 
 with log p_LM summed over the candidate's tokens (EOS included). Any DPO-style log-ratio
 difference is unchanged by the renormalisation, so the lab's exact optima on the same finite
-problem are directly comparable.
+problem are directly comparable. A :class:`pluralign.mixture.MixturePolicy` is evaluated the same
+way, type by type: its candidate distribution is sum_j w_j pi_j(y_k | x, C), the w-mixture of its
+types' renormalised distributions (``MixturePolicy.candidate_distribution``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from pluralign.worlds import evaluate_policy, renormalise
 
 def candidate_logprobs(model, tokenizer, world) -> list[np.ndarray]:
     """Summed log p_LM(y_k | x) of every candidate of every prompt (EOS included). A
-    :class:`pluralign.mixture.MixturePolicy` gives its mixture's, log sum_j w_j pi_j(y_k | x)."""
+    :class:`pluralign.mixture.MixturePolicy` gives its full-text mixture's, log sum_j w_j pi_j(y_k | x)."""
     if hasattr(model, "candidate_logprobs"):
         return [model.candidate_logprobs(p, c) for p, c in zip(world.prompts, world.candidates)]
     return [score_candidates(model, tokenizer, p, c).double().numpy() for p, c in zip(world.prompts, world.candidates)]
 
 
 def candidate_distributions(model, tokenizer, world) -> list[np.ndarray]:
-    """The LM's distribution over each prompt's candidates (``renormalise`` of their log-probs)."""
+    """The LM's distribution over each prompt's candidates (``renormalise`` of their log-probs); a
+    mixture's is the w-mixture of its types' (module doc)."""
+    if hasattr(model, "candidate_distribution"):
+        return [model.candidate_distribution(p, c) for p, c in zip(world.prompts, world.candidates)]
     return [renormalise(lp) for lp in candidate_logprobs(model, tokenizer, world)]
 
 

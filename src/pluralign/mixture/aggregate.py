@@ -72,14 +72,16 @@ def distinct(prompts: Sequence[str]) -> list[str]:
 def world_group_regrets(mixture, world, mixtures: dict) -> dict:
     """The world's true per-group regret (``evaluate_policy``: max_k r_g(x, k) - E_pi r_g(x, .), mean
     over prompts, Bradley-Terry reward units) of each ``{name: weights}`` mixture of the type
-    policies, from the exact mixture distribution over each prompt's candidates."""
-    from pluralign.mixture.policy import mixture_logprob
-    from pluralign.worlds import evaluate_policy, renormalise
+    policies, evaluated on each prompt's candidates as sum_j w_j pi_j(.|x, C)
+    (:func:`~pluralign.mixture.policy.conditioned_mixture`), so a mixture's regret is the
+    w-weighted sum of its types' regrets."""
+    from pluralign.mixture.policy import conditioned_mixture
+    from pluralign.worlds import evaluate_policy
 
     per_type = [mixture.candidate_type_logprobs(p, c) for p, c in zip(world.prompts, world.candidates)]
     out = {}
     for name, w in mixtures.items():
-        dists = [renormalise(mixture_logprob(lp, np.asarray(w, dtype=float))) for lp in per_type]
+        dists = [conditioned_mixture(lp, np.asarray(w, dtype=float)) for lp in per_type]
         out[name] = evaluate_policy(world, dists)["mean"]["regret"]
     return out
 

@@ -2,6 +2,10 @@
 aggregation and mixture policies"): config.json, tokenizer/, em_result.json, types/type_k/, and
 base/ when the base is not loadable by name.
 
+A saved base is named by a path relative to the folder holding ``em_result.json`` (``"base"`` in
+the run directory, ``"../base"`` in its ``cluster_dpo/`` folder, which is a run folder of its own:
+config.json, tokenizer/, em_result.json, type_k/), never relative to the working directory.
+
 Every problem is reported with the file and the key before any model is loaded.
 """
 
@@ -35,11 +39,12 @@ class EMRun:
         return load_tokenizer(str(self.run_dir / "tokenizer"))
 
     def load_base(self, tokenizer):
-        """The SFT/base model of em_result.base (``"base"``: the run's base/ folder)."""
+        """The SFT/base model of em_result.base (a saved folder relative to the run folder, else a name)."""
         from pluralign.models import load_model
 
         base = self.result["base"]
-        name = str(self.run_dir / "base") if base["name"] == "base" else base["name"]
+        local = saved_base(self.run_dir, base["name"])
+        name = str(local) if local is not None else base["name"]
         seed = int((self.config.get("model") or {}).get("seed", 0))  # the offline tiny models are built from it
         return load_model(name, tokenizer, dtype=base.get("dtype") or "float32", gguf_file=base.get("gguf_file"), seed=seed)
 
@@ -67,6 +72,17 @@ class EMRun:
         return (self.config.get("data") or {}).get("path")
 
 
+def is_relative_base(name: str) -> bool:
+    """Whether em_result.base.name names a folder relative to the run folder (the contract's ``"base"``,
+    or a ``./`` / ``../`` path) rather than a model name or an absolute path."""
+    return name == "base" or name.startswith(("./", "../"))
+
+
+def saved_base(run_dir: Path, name: str) -> Path | None:
+    """The saved base folder that ``name`` denotes relative to ``run_dir``, else None (a model name)."""
+    return run_dir / name if is_relative_base(name) else None
+
+
 def load_em_run(run_dir) -> EMRun:
     """Read and check an EM run directory (files, keys, type folders, weights)."""
     run_dir = Path(run_dir)
@@ -91,6 +107,8 @@ def load_em_run(run_dir) -> EMRun:
     for t in result["types"]:
         if not (run_dir / t / marker).is_file():
             raise MixtureError(f"{where}: types: {run_dir / t} has no {marker} (kind {result['kind']!r})")
-    if result["base"]["name"] == "base" and not (run_dir / "base" / "config.json").is_file():
-        raise MixtureError(f"{where}: base.name is 'base' but {run_dir / 'base'} holds no saved model")
+    local = saved_base(run_dir, str(result["base"]["name"]))
+    if local is not None and not (local / "config.json").is_file():
+        raise MixtureError(f"{where}: base.name is {result['base']['name']!r} but {local} (relative to the folder of "
+                           "em_result.json) holds no saved model")
     return EMRun(run_dir, config, result)

@@ -5,13 +5,24 @@
     mix.save_pretrained("runs/em/aggregate/mixture"); MixturePolicy.from_pretrained(...)
 
 The deployed policy draws one type j ~ w per prompt (seeded) and answers with pi_j, so its
-sequence probability is the weighted mixture
+full-text sequence probability is the weighted mixture
 
     pi_mix(y | x) = sum_j w_j pi_j(y | x),
 
-which :meth:`MixturePolicy.sequence_logprobs` computes exactly (log-sum-exp over types) and which
-``pluralign eval`` renormalises over a world's candidates, as it does for any LM:
-pi_mix(y_k | x, C) = sum_j w_j pi_j(y_k | x) / sum_j w_j pi_j(C | x).
+which :meth:`MixturePolicy.sequence_logprobs` computes exactly (log-sum-exp over types).
+
+On a candidate set C (a world's prompt), every policy is evaluated conditioned on C, and so is
+each type of a mixture: the mixture answers among C with the w-mixture of its types' renormalised
+candidate distributions,
+
+    pi_mix(y | x, C) = sum_j w_j pi_j(y | x, C),   pi_j(y | x, C) = pi_j(y | x) / sum_{y' in C} pi_j(y' | x),
+
+(:func:`conditioned_mixture`, :meth:`MixturePolicy.candidate_distribution`). This is the policy
+whose regret MMRA's linear program minimises: its reward regret is linear in w. It is not the
+full-text mixture renormalised over C, sum_j w_j pi_j(y|x) / sum_j w_j pi_j(C|x), which leans
+towards the types that keep more of their mass on C (DPO moves only log-ratios within C, so that
+mass drifts freely). ``pluralign eval``, ``pluralign aggregate`` and the mixture demo all use
+:func:`conditioned_mixture`.
 
 Types share one base model as LoRA adapters (``kind="lora"``: one peft adapter per type, the
 reference = adapters disabled) or are full copies (``kind="full"``: the reference is a separate
@@ -186,8 +197,13 @@ class MixturePolicy:
                          for _, m in self.type_policies()])
 
     def candidate_logprobs(self, prompt: str, candidates: Sequence[str]) -> np.ndarray:
-        """[C] log pi_mix(candidate | prompt), the mixture's summed sequence log-probs."""
+        """[C] log pi_mix(candidate | prompt), the full-text mixture's summed sequence log-probs
+        (their total is the mixture's mass on the candidates; not its candidate distribution)."""
         return mixture_logprob(self.candidate_type_logprobs(prompt, candidates), self.weights)
+
+    def candidate_distribution(self, prompt: str, candidates: Sequence[str]) -> np.ndarray:
+        """[C] sum_j w_j pi_j(candidate | prompt, C): the mixture on a candidate set (module doc)."""
+        return conditioned_mixture(self.candidate_type_logprobs(prompt, candidates), self.weights)
 
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -255,7 +271,8 @@ def base_state_dict(inner: torch.nn.Module) -> dict:
 
 def save_adapter(model, name: str, out: Path) -> None:
     """Adapter ``name`` of a peft model as an adapter folder without the adapter-name subfolder
-    (the EM run directory's layout): adapter_config.json + adapter_model.safetensors."""
+    (the EM run directory's layout): adapter_config.json + adapter_model.safetensors, what
+    ``PeftModel.save_pretrained`` writes for it, without the model card it also generates (slow)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -272,6 +289,15 @@ def mixture_logprob(type_logprobs: np.ndarray, weights: np.ndarray) -> np.ndarra
     w = np.asarray(weights, dtype=float)
     logw = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf)
     return logsumexp(np.asarray(type_logprobs, dtype=float) + logw.reshape((-1,) + (1,) * (type_logprobs.ndim - 1)), axis=0)
+
+
+def conditioned_mixture(type_logprobs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_j w_j renormalise(l_j) of [K, C] candidate log-probs: the w-mixture of the types'
+    distributions conditioned on the candidate set (module doc), shape [C]."""
+    from pluralign.worlds import renormalise
+
+    per_type = np.stack([renormalise(lp) for lp in np.asarray(type_logprobs, dtype=float)])
+    return np.asarray(weights, dtype=float) @ per_type
 
 
 def read_json(path: Path, required: Sequence[str]) -> dict:

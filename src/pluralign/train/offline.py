@@ -84,7 +84,7 @@ def objective_losses(cfg: RunConfig, policy, reference, batch):
 
 
 def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_records=None, on_log=None,
-          order=batch_order) -> TrainResult:
+          order=batch_order, on_losses=None) -> TrainResult:
     """Run preference optimization as configured; returns the trained (unwrapped) model and history.
 
     ``model``/``tokenizer``/``records`` replace what the config would load. ``on_log(step, model)``
@@ -92,7 +92,8 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     return extra metrics for the row, e.g. an exact evaluation on a world. ``order(data,
     global_batch, seed, group_by_length)`` returns each epoch's permutation of example indices
     (default :func:`pluralign.train.data.batch_order`); it must depend only on its arguments, or
-    resume would land on other batches.
+    resume would land on other batches. ``on_losses(epoch, indices, losses)`` receives every
+    micro-batch's per-example losses (detached) with their example indices.
     """
     config, accelerator, out = start_run(cfg)
     is_main, device = accelerator.is_main_process, accelerator.device
@@ -138,6 +139,8 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
         def micro_loss(idx):
             batch = collator([data[i] for i in idx], idx).to(device)
             losses, ex_stats = objective_losses(cfg, policy, reference, batch)
+            if on_losses is not None:
+                on_losses(epoch, idx, losses.detach())
             stats.add(losses.detach(), batch.weights, ex_stats, batch.groups, batch.num_tokens, batch.padding_fraction)
             return (batch.weights * losses).sum() / bs
 
