@@ -33,7 +33,6 @@ import copy
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -56,10 +55,9 @@ from pluralign.logprobs import SequenceLogprobs
 from pluralign.models import TINY_MODELS, load_model
 from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
-from pluralign.train.data import load_records
+from pluralign.train.data import load_run_records
 from pluralign.train.offline import train
 from pluralign.train.reference import cache_key, compute_table, precompute_reference
-from pluralign.train.setup import build_tokenizer
 from pluralign.train.wiring import start_run
 
 log = logging.getLogger(__name__)
@@ -248,10 +246,7 @@ def run_em(cfg: EMRunConfig, *, model=None, tokenizer=None, records=None, eval_r
     if accelerator.num_processes > 1:
         raise ConfigError("pluralign em runs in one process (each M-step is one offline run); launch it without "
                           "torchrun / accelerate launch")
-    tokenizer = tokenizer or build_tokenizer(cfg.model)
-    reports: list[str] = []
-    if records is None:
-        records, eval_records = load_records(cfg, tokenizer, reports)
+    tokenizer, records, eval_records, reports = load_run_records(cfg, tokenizer, records, eval_records)
     check_objective_fits_data(cfg.objective.name, cfg.objective.beta, cfg.objective.args, records)
     records, data, train_report = _usable(records, cfg, tokenizer)
     annotators, annotator = _annotator_index(records, "the training data")
