@@ -320,13 +320,11 @@ def _preallocate(cache, extra: int) -> None:
     """Give every plain growing layer of a transformers ``DynamicCache`` room for ``extra`` more
     positions, so that decode steps write keys and values in place instead of concatenating (a copy
     of the whole cache per step). Layers of other kinds (sliding window, ...) stay as they are."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:
+    if _DynamicLayer is object:  # an older transformers without cache layers
         return
     layers = getattr(cache, "layers", None) or []
     for i, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
+        if type(layer) is _DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
             layers[i] = _PreallocatedLayer(layer, extra)
 
 
