@@ -72,15 +72,10 @@ class EMRun:
         return (self.config.get("data") or {}).get("path")
 
 
-def is_relative_base(name: str) -> bool:
-    """Whether em_result.base.name names a folder relative to the run folder (the contract's ``"base"``,
-    or a ``./`` / ``../`` path) rather than a model name or an absolute path."""
-    return name == "base" or name.startswith(("./", "../"))
-
-
 def saved_base(run_dir: Path, name: str) -> Path | None:
-    """The saved base folder that ``name`` denotes relative to ``run_dir``, else None (a model name)."""
-    return run_dir / name if is_relative_base(name) else None
+    """The saved base folder that em_result.base.name denotes relative to ``run_dir`` (the contract's
+    ``"base"``, or a ``./`` / ``../`` path), else None (a model name or an absolute path)."""
+    return run_dir / name if name == "base" or name.startswith(("./", "../")) else None
 
 
 def load_em_run(run_dir) -> EMRun:
