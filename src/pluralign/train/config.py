@@ -136,6 +136,7 @@ class TrainConfig:
     progress_bar: bool = True  # tqdm bar on a terminal; otherwise one progress line every progress_every steps
     progress_every: int | None = None  # non-terminal progress lines: every N steps (None: about 20 per run)
     chunk_tokens: int | None = 4096  # response tokens per logit chunk (memory bound)
+    reuse_freed_memory: bool = True  # CPU, glibc: keep freed blocks for reuse (see train.setup.reuse_freed_memory)
 
     def __post_init__(self):
         check_ranges(self, 'train')
