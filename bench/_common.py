@@ -86,12 +86,19 @@ class RunResult:
 
 def pin_threads(threads: int) -> None:
     """Same intra-op thread count for every contender (set before torch does any work), and the
-    same denormal flushing: pluralign's trainer flushes denormals on CPU, so every contender does,
-    and the ratios measure the layout and caching, not that setting."""
+    same CPU settings pluralign's trainer makes: denormals flushed and freed memory kept for reuse
+    (``pluralign.train.setup.reuse_freed_memory``), in every contender, so the ratios measure the
+    layout and caching, not those settings."""
     import torch
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+    try:
+        from pluralign.train.setup import reuse_freed_memory
+    except ImportError:  # a tree from before the setting: none of the contenders gets it
+        pass
+    else:
+        reuse_freed_memory()
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (interop threads can only be set once, before any parallel work)

@@ -57,11 +57,9 @@ def _objective(records) -> str:
     return "dpo" if all(r.is_pair for r in records) else "plackett_luce"
 
 
-def _count_tokens(result: RunResult, spec: RunSpec, data, pad_id: int) -> None:
-    """Non-padding and padded tokens of the timed batches, collated exactly as training collates them."""
-    from pluralign.data.collate import Collator
-
-    collate = Collator(pad_id, layout="shared")
+def _count_tokens(result: RunResult, spec: RunSpec, data, collate) -> None:
+    """Non-padding and padded tokens of the timed batches, collated by ``collate`` exactly as training
+    collates them."""
     for indices in spec.workload["plan"][spec.warmup_steps:]:
         batch = collate([data[i] for i in indices], indices)
         result.tokens_timed += batch.num_tokens
@@ -78,6 +76,7 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     from pluralign.data.tokenize import tokenize_records
     from pluralign.models import load_tokenizer
     from pluralign.train.config import RunConfig
+    from pluralign.train.data import run_collator
 
     torch.manual_seed(spec.seed)
     result = _result(spec, "trainer: pluralign.train.offline.train")
@@ -101,7 +100,8 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     cfg.train.seed, cfg.train.log_every, cfg.train.eval_every, cfg.train.save_every = spec.seed, 1, None, None
     cfg.train.progress_bar, cfg.train.report_to = False, []
     cfg.train.mixed_precision = "bf16" if spec.precision == "bf16" else "no"
-    result.notes.append(f"objective {cfg.objective.name}; layout shared; chunk_tokens {cfg.train.chunk_tokens}; "
+    result.notes.append(f"objective {cfg.objective.name}; layout shared, rows packed (data.max_row_tokens "
+                        f"{cfg.data.max_row_tokens!r}); chunk_tokens {cfg.train.chunk_tokens}; "
                         f"optimizer torch.optim.AdamW (fused); mixed_precision {cfg.train.mixed_precision}")
 
     # Every epoch follows the shared plan (TRL gets the same order from its sampler).
@@ -137,7 +137,7 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
 
     tokenizer = load_tokenizer(spec.tokenizer)
     data = tokenize_records(records, tokenizer, max_length=HUGE, max_prompt_length=HUGE - 1)
-    _count_tokens(result, spec, data, tokenizer.pad_token_id)
+    _count_tokens(result, spec, data, run_collator(cfg.data, tokenizer.pad_token_id, "shared"))
     tables = sorted((out / "reference_cache").glob("*.safetensors"))
     if len(tables) != 1:
         raise RuntimeError(f"expected one reference cache file, found {[t.name for t in tables]}")
@@ -203,5 +203,5 @@ def _run_components(spec: RunSpec, baton: Baton) -> RunResult:
             resumed = baton.handoff()
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
     result.losses = [float(x) for x in losses]
-    _count_tokens(result, spec, data, tokenizer.pad_token_id)
+    _count_tokens(result, spec, data, collate)
     return result

@@ -4,7 +4,8 @@
 ``shared`` -- one row holds a prompt followed by all K of its responses; response tokens see the
               prompt and their own earlier tokens, never another response; position ids restart
               after the prompt, so each response sees exactly the positions it would see alone.
-              Several prompts are packed into one row while they fit ``max_row_tokens``.
+              Several prompts are packed into one row while they fit ``max_row_tokens``
+              (first-fit decreasing, so rows come out nearly full and padding nearly vanishes).
 
 Either way a batch carries, for every response token, where its predicting logit lives
 (``gather_row``, ``gather_pos``), the token it must predict (``gather_target``) and the flat
@@ -61,6 +62,11 @@ class Collator:
 
     ``max_row_tokens`` (shared layout only) lets several prompts share one row; ``None`` puts one
     prompt per row. Rows are right-padded with ``pad_id``.
+
+    Packing is first-fit decreasing: examples, longest first, each go into the first row with room
+    for them, and an example longer than ``max_row_tokens`` gets a row of its own. Which row an
+    example lands in changes nothing it computes (each prompt and its responses form their own
+    attention block with their own positions), only how much padding the batch carries.
     """
 
     def __init__(self, pad_id: int, layout: str = "shared", max_row_tokens: int | None = None):
@@ -94,20 +100,21 @@ class Collator:
         return rows
 
     def _shared_rows(self, examples):
-        rows, current, used = [], [], 0
-        for b, ex in enumerate(examples):
-            n = ex.num_tokens_shared
-            if current and self.max_row_tokens is not None and used + n > self.max_row_tokens:
-                rows.append(current)
-                current, used = [], 0
-            current.append((b, 0, ex.prompt_ids))
-            current.extend((b, k + 1, resp) for k, resp in enumerate(ex.response_ids))
-            used += n
-            if self.max_row_tokens is None:
-                rows.append(current)
-                current, used = [], 0
-        if current:
-            rows.append(current)
+        def segments(b, ex):
+            return [(b, 0, ex.prompt_ids)] + [(b, k + 1, resp) for k, resp in enumerate(ex.response_ids)]
+
+        if self.max_row_tokens is None:
+            return [segments(b, ex) for b, ex in enumerate(examples)]
+        rows, used = [], []
+        for b in sorted(range(len(examples)), key=lambda b: -examples[b].num_tokens_shared):
+            n = examples[b].num_tokens_shared
+            fits = next((r for r, u in enumerate(used) if u + n <= self.max_row_tokens), None)
+            if fits is None:
+                rows.append([])
+                used.append(0)
+                fits = len(rows) - 1
+            rows[fits].extend(segments(b, examples[b]))
+            used[fits] += n
         return rows
 
     def _finish(self, examples, rows, indices) -> Batch:

@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pluralign.data.collate import Collator
 from pluralign.data.identifiability import identifiability
 from pluralign.data.loaders import DataError
 from pluralign.data.tokenize import TokenizedDataset, tokenize_records
@@ -55,7 +54,7 @@ from pluralign.logprobs import SequenceLogprobs
 from pluralign.models import TINY_MODELS, load_model
 from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
-from pluralign.train.data import load_run_records
+from pluralign.train.data import load_run_records, run_collator
 from pluralign.train.offline import train
 from pluralign.train.reference import cache_key, compute_table, precompute_reference
 from pluralign.train.wiring import start_run
@@ -186,7 +185,7 @@ class _Scorer:
         module = self._module(model)
         device = next(model.parameters()).device
         with evaluating(model), torch.inference_mode(), (context if context is not None else nullcontext()):
-            logps, counts = compute_table(module, data, Collator(self.pad_id, layout, self.cfg.data.max_row_tokens),
+            logps, counts = compute_table(module, data, run_collator(self.cfg.data, self.pad_id, layout),
                                           self.batch_size, device)
         return logps.clone(), counts.clone()  # normal tensors again, usable outside inference mode
 
@@ -197,7 +196,7 @@ class _Scorer:
         lora = self.types.kind == "lora"
         key = cache_key(model, tokenizer, data, self.cfg.model.dtype, "no", skip_adapters=lora)
         module = self._module(model)
-        collator = Collator(self.pad_id, layout, self.cfg.data.max_row_tokens)
+        collator = run_collator(self.cfg.data, self.pad_id, layout)
         with evaluating(model), context:
             logps, counts, _ = precompute_reference(module, data, collator, self.cfg.train.batch_size,
                                                     next(model.parameters()).device,

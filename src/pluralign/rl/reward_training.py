@@ -19,11 +19,10 @@ import time
 
 import torch
 
-from pluralign.data.collate import Collator
 from pluralign.objectives.reward import reward_model_loss, reward_stats
 from pluralign.reward_model import build_reward_model
 from pluralign.rl.config import RMRunConfig
-from pluralign.train.data import batch_order, load_run_data, micro_batches
+from pluralign.train.data import batch_order, load_run_data, micro_batches, run_collator
 from pluralign.train.offline import TrainResult, _group_names, total_training_steps
 from pluralign.train.metrics import StepStats
 from pluralign.train.wiring import evaluate_held_out, start_run, wire_training
@@ -55,8 +54,7 @@ def train_reward_model(cfg: RMRunConfig, *, tokenizer=None, records=None, eval_r
     model = build_reward_model(cfg.model.name, tokenizer, cfg.reward_model.head, dtype=cfg.model.dtype,
                                seed=cfg.model.seed, attn_implementation=cfg.model.attn_implementation).to(device)
     # Every response scores only what it attends to, so the shared layout is exact for any backbone.
-    collator = Collator(tokenizer.pad_token_id, "plain" if cfg.data.layout == "plain" else "shared",
-                        cfg.data.max_row_tokens)
+    collator = run_collator(cfg.data, tokenizer.pad_token_id, "plain" if cfg.data.layout == "plain" else "shared")
     run = wire_training(accelerator, cfg, model, out, total_steps, config, "reward model", export=lambda m: m.source,
                         prefix="source.")
     model, groups, rank = run.module, _group_names(data), accelerator.process_index

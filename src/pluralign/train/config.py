@@ -84,7 +84,9 @@ class DataConfig:
     max_length: int = 1024  # prompt + response tokens
     max_prompt_length: int = 512  # prompts longer than this are cut from the left
     layout: str = "auto"  # shared (prompt once per row) | plain (prompt per response) | auto
-    max_row_tokens: int | None = None  # shared layout: pack several prompts per row up to this many tokens
+    # shared layout: pack several prompts per row up to this many tokens; "auto": up to max_length
+    # (an example longer than that gets a row of its own); null: one prompt per row
+    max_row_tokens: int | str | None = "auto"
     group_by_length: bool = True  # batch examples of similar length together (less padding)
 
     def __post_init__(self):
@@ -136,6 +138,7 @@ class TrainConfig:
     progress_bar: bool = True  # tqdm bar on a terminal; otherwise one progress line every progress_every steps
     progress_every: int | None = None  # non-terminal progress lines: every N steps (None: about 20 per run)
     chunk_tokens: int | None = 4096  # response tokens per logit chunk (memory bound)
+    reuse_freed_memory: bool = True  # CPU, glibc: keep freed blocks for reuse (see train.setup.reuse_freed_memory)
 
     def __post_init__(self):
         check_ranges(self, 'train')
@@ -181,7 +184,9 @@ RANGES: dict[str, dict[str, tuple]] = {
     "data.world": {"num_records": _at_least(1), "top_k": _at_least(2), "n_per_annotator": _at_least(1),
                    "n_shown": _at_least(2)},
     "data": {"eval_fraction": _FRACTION, "max_records": _at_least(1), "max_length": _at_least(2),
-             "max_prompt_length": _at_least(1), "max_row_tokens": _at_least(1)},
+             "max_prompt_length": _at_least(1),
+             "max_row_tokens": ((lambda v: v == "auto" or (not isinstance(v, str) and v >= 1)),
+                                "'auto', null or an integer >= 1")},
     "objective": {"beta": _POSITIVE},
     "objective.args": {"eta": _NON_NEGATIVE, "nll_coef": _NON_NEGATIVE,
                        "label_smoothing": ((lambda v: 0 <= v < 0.5), "a number in [0, 0.5)")},

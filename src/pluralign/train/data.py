@@ -152,13 +152,22 @@ def epoch_plan(epoch_order: list[int], steps: int, batch_size: int, grad_accum: 
     return plan
 
 
+def run_collator(dcfg, pad_id: int, layout: str) -> Collator:
+    """The collator a loop trains with: ``layout`` ("shared" or "plain"); shared rows are packed up to
+    ``data.max_row_tokens`` tokens ("auto": ``data.max_length``; null: one prompt per row)."""
+    budget = dcfg.max_length if dcfg.max_row_tokens == "auto" else dcfg.max_row_tokens
+    return Collator(pad_id, layout, budget if layout == "shared" else None)
+
+
 @torch.no_grad()
 def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, batch_size: int, device,
-                  tol: float | None = None) -> str:
+                  tol: float | None = None, shared: Collator | None = None) -> str:
     """``shared`` or ``plain``. For ``auto``, check once that shared-prefix log-probs equal the plain
     ones on the longest examples (where sliding windows, position limits and masks go wrong first),
     through every attention path the shared layout may take in training (the kernel and/or the
-    dense mask); fall back to plain when they differ or when the model rejects the shared inputs.
+    dense mask), collated by ``shared`` (the training collator, so packed rows are what is checked;
+    default: one prompt per row); fall back to plain when they differ or when the model rejects
+    the shared inputs.
     ``tol`` is relative to the largest log-prob (default: 1e-4 for fp32 weights, 1e-2 for 16-bit).
     The choice is logged."""
     if requested != "auto":
@@ -171,7 +180,7 @@ def choose_layout(requested: str, module, data: TokenizedDataset, pad_id: int, b
     module.eval()
     try:
         plain = module(Collator(pad_id, "plain")(sample).to(device))[0]
-        shared_batch = Collator(pad_id, "shared")(sample).to(device)
+        shared_batch = (shared or Collator(pad_id, "shared"))(sample).to(device)
         diffs = {path: float((module(shared_batch, attention=path)[0] - plain).abs().max())
                  for path in module.shared_attention_paths()}
     except torch.OutOfMemoryError:

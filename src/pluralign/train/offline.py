@@ -39,13 +39,12 @@ from pathlib import Path
 
 import torch
 
-from pluralign.data.collate import Collator
 from pluralign.data.tokenize import TokenizedDataset
 from pluralign.logprobs import SequenceLogprobs
 from pluralign.objectives import PreferenceLogps, compute_objective
 from pluralign.train.checks import check_objective_fits_data
 from pluralign.train.config import ConfigError, RunConfig
-from pluralign.train.data import batch_order, choose_layout, epoch_plan, load_run_data, micro_batches
+from pluralign.train.data import batch_order, choose_layout, epoch_plan, load_run_data, micro_batches, run_collator
 from pluralign.train.metrics import StepStats
 from pluralign.train.reference import build_reference, precompute_reference
 from pluralign.train.setup import build_policy
@@ -105,8 +104,9 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
 
     model = build_policy(cfg.model, tokenizer, model)
     policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
-    layout = choose_layout(cfg.data.layout, policy.to(device), data, tokenizer.pad_token_id, cfg.train.batch_size, device)
-    collator = Collator(tokenizer.pad_token_id, layout, cfg.data.max_row_tokens)
+    layout = choose_layout(cfg.data.layout, policy.to(device), data, tokenizer.pad_token_id, cfg.train.batch_size, device,
+                           shared=run_collator(cfg.data, tokenizer.pad_token_id, "shared"))
+    collator = run_collator(cfg.data, tokenizer.pad_token_id, layout)
     bs, accum, world = cfg.train.batch_size, cfg.train.grad_accum, accelerator.num_processes
     # The reference is computed in the first epoch's own micro-batches: the same shapes give the same
     # numbers, so under bf16 autocast the first step's policy and reference log-probs agree exactly.

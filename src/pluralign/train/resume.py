@@ -17,7 +17,7 @@ from pluralign.train.config import ConfigError
 RUN_NEUTRAL = frozenset({
     "train.resume", "train.overwrite", "train.output_dir", "train.log_every", "train.eval_every", "train.save_every",
     "train.keep_checkpoints", "train.report_to", "train.progress_bar", "train.progress_every",
-    "train.max_nonfinite_steps", "reference.cache_dir", "reference.precompute",
+    "train.max_nonfinite_steps", "train.reuse_freed_memory", "reference.cache_dir", "reference.precompute",
 })
 
 

@@ -11,9 +11,11 @@ never prune, mix metrics with, or resume from another run's checkpoints.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -30,6 +32,34 @@ log = logging.getLogger(__name__)
 # What a run writes into its folder; ``train.overwrite`` removes exactly these.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "data_report.txt", "tensorboard", "wandb", "wandb_run_id")
 PROGRESS_FILES = ("checkpoints", "metrics.jsonl")  # a folder with one of these holds a run that trained
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_TRIM_ABOVE = 1 << 30
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the system.
+
+    By default glibc serves every allocation above its mmap threshold (32 MiB at most) with a fresh
+    mmap and unmaps it on free. A training step's logits chunks, gradients and long activations are
+    that large, so the kernel page-faults and zeroes them again at every step: on SmolLM2-135M, 2
+    CPU cores, 0.7-1 GiB of page faults per step, and the forward 10-20% slower for it. With mmap
+    off (``M_MMAP_MAX = 0``) and the heap trimmed only when over 1 GiB lies free at its top, freed
+    blocks stay in the process and the next step reuses them. Peak memory is the same; the memory
+    goes back to the system at exit instead of after every step.
+
+    Process-wide and one-way (``train.reuse_freed_memory=false`` leaves malloc as it is). Returns
+    whether the setting took effect: False where the C library is not glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
+    except (OSError, AttributeError):
+        return False
 
 
 def cpu_data_parallel() -> bool:
@@ -54,6 +84,8 @@ def make_accelerator(tcfg: TrainConfig) -> Accelerator:
         # x86 CPUs run ~100x slower (measured: 3.6 vs 350 examples/s on the demo's SFT); flushing
         # them to zero changes values below 1e-38 only.
         torch.set_flush_denormal(True)
+        if tcfg.reuse_freed_memory:
+            reuse_freed_memory()
     # Every process runs the same code; only the main one speaks (warnings and errors still show).
     logging.getLogger("pluralign").setLevel(logging.NOTSET if accelerator.is_main_process else logging.WARNING)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
