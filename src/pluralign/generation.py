@@ -25,9 +25,14 @@ from typing import Protocol, Sequence
 
 import torch
 
+from pluralign.attention import PREFIX_ATTENTION
 from pluralign.llama_decode import LlamaDecodeStep
 
 FINISH_REASONS = ("stop", "length")
+# attention implementations that run transformers' SDPA attention on a decode step: 'sdpa', and the
+# shared-prefix kernel's name, which a policy keeps after training and which calls without prefix
+# segments (every generation call) hand to that same SDPA function with the same masks
+SDPA_IMPLEMENTATIONS = ("sdpa", PREFIX_ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -298,8 +303,9 @@ class _ModelCall:
     the cache argument's name (transformers renamed past_key_values to cache; a peft wrapper passes
     keyword arguments through, so ask the model under it), and whether decode steps may pass the 4D
     boolean mask SDPA uses directly: only for models whose modeling code builds its mask with
-    transformers' ``create_causal_mask`` (which returns a prepared 4D mask as is) and attends fully
-    causally in every layer (no sliding-window or chunked layers, whose masks differ)."""
+    transformers' ``create_causal_mask`` (which returns a prepared 4D mask as is), whose attention is
+    SDPA (:data:`SDPA_IMPLEMENTATIONS`) and attends fully causally in every layer (no sliding-window
+    or chunked layers, whose masks differ)."""
 
     def __init__(self, model):
         import inspect
@@ -317,7 +323,8 @@ class _ModelCall:
             create_causal_mask = None
         modeling = sys.modules.get(type(base).__module__)
         self.mask_4d = (create_causal_mask is not None and getattr(modeling, "create_causal_mask", None) is create_causal_mask
-                        and getattr(config, "_attn_implementation", None) == "sdpa" and layer_types == {"full_attention"}
+                        and getattr(config, "_attn_implementation", None) in SDPA_IMPLEMENTATIONS
+                        and layer_types == {"full_attention"}
                         and getattr(config, "sliding_window", None) is None
                         and getattr(config, "attention_chunk_size", None) is None)
 

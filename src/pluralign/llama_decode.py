@@ -78,6 +78,8 @@ class LlamaDecodeStep:
 
     @classmethod
     def build(cls, model, cache) -> "LlamaDecodeStep | None":
+        from pluralign.generation import SDPA_IMPLEMENTATIONS
+
         try:  # transformers' own choice between GQA inside SDPA and packed queries, followed as is
             from transformers.integrations.sdpa_attention import use_gqa_in_sdpa
         except ImportError:
@@ -95,7 +97,7 @@ class LlamaDecodeStep:
                                                   layer.mlp.down_proj)] + [model.lm_head]
         cache_layers = getattr(cache, "layers", None) or []
         served = (
-            getattr(config, "_attn_implementation", None) == "sdpa" and layer_types == {"full_attention"}
+            getattr(config, "_attn_implementation", None) in SDPA_IMPLEMENTATIONS and layer_types == {"full_attention"}
             and getattr(config, "sliding_window", None) is None and getattr(config, "hidden_act", None) == "silu"
             and type(inner.embed_tokens) is torch.nn.Embedding and type(inner.norm) is norm_cls
             and all(type(layer) is layer_cls and type(layer.self_attn) is attn_cls and type(layer.mlp) is mlp_cls

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from pluralign.attention import PREFIX_ATTENTION, enable_prefix_attention
 from pluralign.generation import SamplingParams, TransformersGenerator, _DecodeMask, _ModelCall, _cache_dtype, _preallocate
 from pluralign.llama_decode import LlamaDecodeStep
 from pluralign.models import build_tiny_model, load_tokenizer
@@ -73,9 +74,15 @@ def test_step_logits_equal_forward(tok, models, family, padded):
         assert_close_scaled(got, want, rel=1e-6, what=f"{family} step {t} logits")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "llama-prefix"])
 def test_generate_same_tokens(tok, models, family, monkeypatch):
-    model = models[family]
+    """llama-prefix: a policy switched to the shared-prefix attention kernel (as training leaves it),
+    whose calls without prefix segments are SDPA's."""
+    if family == "llama-prefix":
+        model = build_tiny_model(tok, seed=5).eval()
+        assert enable_prefix_attention(model)[0] and model.config._attn_implementation == PREFIX_ATTENTION
+    else:
+        model = models[family]
     steps = []
     real_call = LlamaDecodeStep.__call__
     monkeypatch.setattr(LlamaDecodeStep, "__call__", lambda self, *a: steps.append(1) or real_call(self, *a))
