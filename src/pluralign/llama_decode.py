@@ -28,7 +28,7 @@ import importlib
 import torch
 import torch.nn.functional as F
 
-# model family -> (modeling module, class-name prefix)
+# transformers.models.<family>.modeling_<family> -> the prefix of its class names
 FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}
 
 
@@ -54,6 +54,14 @@ def _silu_classes() -> tuple:
     except ImportError:
         return (torch.nn.SiLU,)
     return (torch.nn.SiLU, SiLUActivation)
+
+
+def _autocast_on(device: torch.device) -> bool:
+    """Whether autocast is on for the weights' device (it would change the forward's dtypes)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # an older torch: no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 def _no_hooks(model) -> bool:
@@ -85,7 +93,7 @@ class LlamaDecodeStep:
         except ImportError:
             return None
         classes = _family_classes().get(type(model))
-        if classes is None or torch.is_autocast_enabled() or model.training:
+        if classes is None or model.training or _autocast_on(model.lm_head.weight.device):
             return None
         layer_cls, attn_cls, mlp_cls, norm_cls = classes
         config = model.config
@@ -137,8 +145,9 @@ class LlamaDecodeStep:
             v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(n, 1, -1, d).transpose(1, 2)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             keys, values = cache_layer.update(k, v)
-            if groups > 1 and self.use_gqa_in_sdpa(mask, keys, values):  # as transformers: GQA inside SDPA, or packed queries
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=None, scale=self.scaling, enable_gqa=True)
+            # grouped-query heads as transformers runs them: GQA inside SDPA, or the queries packed per kv head
+            if groups > 1 and self.use_gqa_in_sdpa(mask, keys, values):
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True)
             else:
                 qq = q.reshape(n, q.shape[1] // groups, groups, d) if groups > 1 else q
                 o = F.scaled_dot_product_attention(qq, keys, values, attn_mask=mask, scale=self.scaling)

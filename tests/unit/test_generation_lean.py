@@ -9,13 +9,15 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from pluralign.attention import PREFIX_ATTENTION, enable_prefix_attention
-from pluralign.generation import SamplingParams, TransformersGenerator, _DecodeMask, _ModelCall, _cache_dtype, _preallocate
+from pluralign.generation import (SamplingParams, TransformersGenerator, _DecodeMask, _ModelCall, _cache_dtype,
+                                 _preallocate)
 from pluralign.llama_decode import LlamaDecodeStep
 from pluralign.models import build_tiny_model, load_tokenizer
 from tolerance import assert_close_scaled
 
 END_IDS = list(range(200, 216))  # scattered stops in a random model (as in test_generation_fast)
-SIZES = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+SIZES = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=256)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,8 @@ def test_declines_what_it_does_not_reproduce(tok, models):
         assert LlamaDecodeStep.build(model, cache()) is None
     finally:
         model.model.layers[1].self_attn.q_proj = proj
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the forward would compute in bf16
+        assert LlamaDecodeStep.build(model, cache()) is None
     model.train()
     try:
         assert LlamaDecodeStep.build(model, cache()) is None
