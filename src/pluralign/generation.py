@@ -25,7 +25,14 @@ from typing import Protocol, Sequence
 
 import torch
 
+from pluralign.attention import PREFIX_ATTENTION
+from pluralign.llama_decode import LlamaDecodeStep
+
 FINISH_REASONS = ("stop", "length")
+# attention implementations that run transformers' SDPA attention on a decode step: 'sdpa', and the
+# shared-prefix kernel's name, which a policy keeps after training and which calls without prefix
+# segments (every generation call) hand to that same SDPA function with the same masks
+SDPA_IMPLEMENTATIONS = ("sdpa", PREFIX_ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,9 @@ class TransformersGenerator:
     ``batch_size`` bounds the prompts decoded together. ``compact_at`` (default 0.25): once this
     fraction of the rows still decoded has finished, those rows leave the batch and its cache, so
     the remaining steps compute only live rows (None: never; the tokens drawn are the same either
-    way, see :func:`sample_next`).
+    way, see :func:`sample_next`). ``lean`` (default True): decode steps of Llama, Qwen2 and Mistral
+    models call the model's weights directly (:class:`pluralign.llama_decode.LlamaDecodeStep`, the
+    same operations as their forward; other models, or False, go through the forward).
 
     Per decode step the work outside the model is a handful of tensor ops, run in inference mode:
     the attention mask is a view of one buffer allocated per batch (with SDPA, the 4D mask
@@ -150,7 +159,7 @@ class TransformersGenerator:
     """
 
     def __init__(self, model, tokenizer, *, prefill_once: bool = True, batch_size: int | None = None,
-                 compact_at: float | None = 0.25):
+                 compact_at: float | None = 0.25, lean: bool = True):
         if compact_at is not None and not 0 < compact_at <= 1:
             raise ValueError(f"TransformersGenerator.compact_at: expected in (0, 1] or None, got {compact_at}")
         self.model, self.tokenizer = model, tokenizer
@@ -159,6 +168,7 @@ class TransformersGenerator:
         self.prefill_once = prefill_once
         self.batch_size = batch_size
         self.compact_at = compact_at
+        self.lean = lean
 
     def sync_weights(self, model) -> None:
         self.model = model
@@ -218,7 +228,9 @@ class TransformersGenerator:
         logps = torch.zeros((N, T), device=device)
         ents = torch.zeros((N, T), device=device)
         mask = _DecodeMask(attn, T, _cache_dtype(cache) if call.mask_4d else None)
-        _preallocate(cache, T)
+        preallocated = _preallocate(cache, T)
+        # the model's own weights called directly for Llama-shaped models, same logits (None: the model's forward)
+        lean = LlamaDecodeStep.build(self.model, cache) if self.lean and preallocated and call.mask_4d else None
         rows = None  # the original row of each batch row once finished rows have left (None: all, in order)
         ended = torch.zeros(N, dtype=torch.bool, device=device)
         width = T
@@ -240,7 +252,10 @@ class TransformersGenerator:
                 nxt, pos, ended = nxt[keep], pos[keep], ended[keep]
                 mask.select(keep)
             pos = pos + 1
-            logits = call(self.model, nxt[:, None], mask.grow(), pos, cache)
+            if lean is not None:
+                logits = lean(nxt, pos, mask.grow())
+            else:
+                logits = call(self.model, nxt[:, None], mask.grow(), pos, cache)
         return _finish(tokens[:, :width], logps[:, :width], ents[:, :width], end_ids, self.pad_id)
 
 
@@ -288,8 +303,9 @@ class _ModelCall:
     the cache argument's name (transformers renamed past_key_values to cache; a peft wrapper passes
     keyword arguments through, so ask the model under it), and whether decode steps may pass the 4D
     boolean mask SDPA uses directly: only for models whose modeling code builds its mask with
-    transformers' ``create_causal_mask`` (which returns a prepared 4D mask as is) and attends fully
-    causally in every layer (no sliding-window or chunked layers, whose masks differ)."""
+    transformers' ``create_causal_mask`` (which returns a prepared 4D mask as is), whose attention is
+    SDPA (:data:`SDPA_IMPLEMENTATIONS`) and attends fully causally in every layer (no sliding-window
+    or chunked layers, whose masks differ)."""
 
     def __init__(self, model):
         import inspect
@@ -307,7 +323,8 @@ class _ModelCall:
             create_causal_mask = None
         modeling = sys.modules.get(type(base).__module__)
         self.mask_4d = (create_causal_mask is not None and getattr(modeling, "create_causal_mask", None) is create_causal_mask
-                        and getattr(config, "_attn_implementation", None) == "sdpa" and layer_types == {"full_attention"}
+                        and getattr(config, "_attn_implementation", None) in SDPA_IMPLEMENTATIONS
+                        and layer_types == {"full_attention"}
                         and getattr(config, "sliding_window", None) is None
                         and getattr(config, "attention_chunk_size", None) is None)
 
@@ -316,16 +333,18 @@ class _ModelCall:
         return out.logits[:, -1].float()
 
 
-def _preallocate(cache, extra: int) -> None:
+def _preallocate(cache, extra: int) -> bool:
     """Give every plain growing layer of a transformers ``DynamicCache`` room for ``extra`` more
     positions, so that decode steps write keys and values in place instead of concatenating (a copy
-    of the whole cache per step). Layers of other kinds (sliding window, ...) stay as they are."""
+    of the whole cache per step). Layers of other kinds (sliding window, ...) stay as they are.
+    True when every layer was preallocated."""
     if _DynamicLayer is object:  # an older transformers without cache layers
-        return
+        return False
     layers = getattr(cache, "layers", None) or []
     for i, layer in enumerate(layers):
         if type(layer) is _DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
             layers[i] = _PreallocatedLayer(layer, extra)
+    return bool(layers) and all(type(layer) is _PreallocatedLayer for layer in layers)
 
 
 try:
