@@ -13,7 +13,8 @@ tokens, sampling at temperature 1 with transformers' generation (TRL: ``use_vllm
 pluralign: its KV-cache transformers backend), a KL penalty of 0.05 against the initial weights
 (TRL RLOO's default beta; set for GRPO too, so every contender runs a reference model), one
 optimizer step per generation batch (TRL: ``steps_per_generation=1``, ``num_iterations=1``),
-AdamW at the same learning rate, fp32, CPU. The smollm2 defaults (4 prompts x k = 4 per step, 1
+AdamW at the same learning rate, fp32, CPU, and in every contender the CPU settings pluralign's run
+set-up makes (denormals flushed, freed memory kept for reuse). The smollm2 defaults (4 prompts x k = 4 per step, 1
 warm-up and 2 timed steps, 1 round) keep the whole run to a few minutes on 2 cores.
 
 Each contender runs in its own subprocess (its peak RSS is its own, model load included); the
@@ -173,8 +174,13 @@ def run_trl(spec: dict, kind: str) -> dict:
 def child(spec_path: str, contender: str) -> None:
     import torch
 
+    from pluralign.train.setup import reuse_freed_memory
+
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
+    # the CPU settings pluralign's run set-up makes, in every contender: the ratios measure the loops
+    torch.set_flush_denormal(True)
+    reuse_freed_memory()
     torch.manual_seed(0)
     out = run_pluralign(spec) if contender == "pluralign" else run_trl(spec, contender.split("_")[1])
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
