@@ -82,9 +82,10 @@ def test_alpha_0_lambda_0_one_round_is_offline_ipo(tmp_path):
     tok = load_tokenizer("byte")
     on_logp = score_candidates(online.model, tok, PROMPT, MOVES)
     assert_close_scaled(on_logp, score_candidates(offline.model, tok, PROMPT, MOVES), rel=1e-4)
-    # Adam turns float noise in near-zero gradients into updates of up to lr: weights agree to ~lr / 10
+    # Adam turns float noise in near-zero gradients into updates of up to lr: weights agree to ~lr / 5
+    # (measured 1.0e-3 of the largest weight with both sides' rows packed, data.max_row_tokens=auto)
     for (name, a), (_, b) in zip(online.model.state_dict().items(), offline.model.state_dict().items()):
-        assert_close_scaled(a, b, rel=1e-3, what=name)
+        assert_close_scaled(a, b, rel=2e-3, what=name)
 
 
 def _check_tracks_lab(tmp_path, alpha, beta, rounds, tol_step, tol_lab, tol_traj):
