@@ -34,6 +34,7 @@ class RunSpec:
     max_grad_norm: float = 1.0
     seed: int = 0
     pluralign_impl: str = "auto"  # trainer | components | auto (the trainer when the tree has it)
+    pluralign_max_row_tokens: int | None = None  # the trainer's data.max_row_tokens (None: its default)
     work_dir: str | None = None  # scratch space for trainer outputs (the parent removes it); None: system temp
     tokenizer: str = "byte"  # pluralign.models.load_tokenizer name every contender uses
     precision: str = "fp32"  # fp32 | bf16 (autocast for every contender; weights stay fp32)

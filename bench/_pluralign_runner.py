@@ -90,6 +90,8 @@ def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
     cfg.model.dtype, cfg.model.attn_implementation = "float32", "sdpa"
     cfg.data.max_length, cfg.data.max_prompt_length = HUGE, HUGE - 1
     cfg.data.layout, cfg.data.group_by_length = "shared", True
+    if spec.pluralign_max_row_tokens is not None:
+        cfg.data.max_row_tokens = spec.pluralign_max_row_tokens
     cfg.objective.name, cfg.objective.beta = _objective(records), spec.beta
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps = spec.learning_rate, 0.0, [0.9, 0.999], 1e-8
     cfg.optim.scheduler, cfg.optim.warmup_steps, cfg.optim.warmup_ratio = "constant", 0, 0.0

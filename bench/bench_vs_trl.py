@@ -71,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-prompt-length", type=int, default=256, help="HH cap: prompt tokens kept (from the end)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of trl,pluralign,plain")
+    parser.add_argument("--pluralign-max-row-tokens", type=int, default=None,
+                        help="pluralign's data.max_row_tokens: pack rows up to N tokens (default: the trainer's own, auto)")
     parser.add_argument("--pluralign-impl", default="auto", choices=["auto", "trainer", "components"],
                         help="pluralign column: its trainer (pluralign.train.offline.train), or the loop built "
                              "from its components; auto = the trainer when available")
@@ -393,6 +395,7 @@ def main(argv=None) -> int:
                 spec = RunSpec(workload=workload.to_json(), model_dir=model_dir, warmup_steps=args.warmup,
                                timed_steps=args.steps, passes=args.passes, threads=args.threads,
                                learning_rate=args.learning_rate, seed=args.seed, pluralign_impl=args.pluralign_impl,
+                               pluralign_max_row_tokens=args.pluralign_max_row_tokens,
                                work_dir=root, tokenizer=tokenizer, precision=precision)
                 spec_path = os.path.join(root, f"{name}.{precision}.spec.json")
                 spec.save(spec_path)

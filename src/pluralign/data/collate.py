@@ -60,8 +60,10 @@ class Batch:
 class Collator:
     """Turns a list of :class:`TokenizedExample` into a :class:`Batch` in the chosen layout.
 
-    ``max_row_tokens`` (shared layout only) lets several prompts share one row; ``None`` puts one
-    prompt per row. Rows are right-padded with ``pad_id``.
+    ``max_row_tokens`` (shared layout only) lets several prompts share one row; ``"longest"`` packs
+    into rows no longer than the batch's longest example (fewer rows and less padding, and never a
+    longer row, so dense attention never costs more); ``None`` puts one prompt per row. Rows are
+    right-padded with ``pad_id``.
 
     Packing is first-fit decreasing: examples, longest first, each go into the first row with room
     for them, and an example longer than ``max_row_tokens`` gets a row of its own. Which row an
@@ -69,7 +71,7 @@ class Collator:
     attention block with their own positions), only how much padding the batch carries.
     """
 
-    def __init__(self, pad_id: int, layout: str = "shared", max_row_tokens: int | None = None):
+    def __init__(self, pad_id: int, layout: str = "shared", max_row_tokens: int | str | None = None):
         if layout not in ("shared", "plain"):
             raise ValueError(f"layout must be 'shared' or 'plain', got {layout!r}")
         self.pad_id = pad_id
@@ -105,10 +107,13 @@ class Collator:
 
         if self.max_row_tokens is None:
             return [segments(b, ex) for b, ex in enumerate(examples)]
+        budget = self.max_row_tokens
+        if budget == "longest":
+            budget = max(ex.num_tokens_shared for ex in examples)
         rows, used = [], []
         for b in sorted(range(len(examples)), key=lambda b: -examples[b].num_tokens_shared):
             n = examples[b].num_tokens_shared
-            fits = next((r for r, u in enumerate(used) if u + n <= self.max_row_tokens), None)
+            fits = next((r for r, u in enumerate(used) if u + n <= budget), None)
             if fits is None:
                 rows.append([])
                 used.append(0)

@@ -84,8 +84,8 @@ class DataConfig:
     max_length: int = 1024  # prompt + response tokens
     max_prompt_length: int = 512  # prompts longer than this are cut from the left
     layout: str = "auto"  # shared (prompt once per row) | plain (prompt per response) | auto
-    # shared layout: pack several prompts per row up to this many tokens; "auto": up to max_length
-    # (an example longer than that gets a row of its own); null: one prompt per row
+    # shared layout: pack several prompts per row up to this many tokens (an example longer than that
+    # gets a row of its own); "auto": rows no longer than the batch's longest example; null: one per row
     max_row_tokens: int | str | None = "auto"
     group_by_length: bool = True  # batch examples of similar length together (less padding)
 

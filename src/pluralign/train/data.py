@@ -154,8 +154,9 @@ def epoch_plan(epoch_order: list[int], steps: int, batch_size: int, grad_accum: 
 
 def run_collator(dcfg, pad_id: int, layout: str) -> Collator:
     """The collator a loop trains with: ``layout`` ("shared" or "plain"); shared rows are packed up to
-    ``data.max_row_tokens`` tokens ("auto": ``data.max_length``; null: one prompt per row)."""
-    budget = dcfg.max_length if dcfg.max_row_tokens == "auto" else dcfg.max_row_tokens
+    ``data.max_row_tokens`` tokens ("auto": rows no longer than the batch's longest example; null:
+    one prompt per row)."""
+    budget = "longest" if dcfg.max_row_tokens == "auto" else dcfg.max_row_tokens
     return Collator(pad_id, layout, budget if layout == "shared" else None)
 
 

@@ -47,8 +47,17 @@ def test_packing_never_adds_padding():
     assert packed.input_ids.shape[1] == one_per_row.input_ids.shape[1]  # no row longer than the longest example
 
 
+def test_longest_budget_never_makes_a_row_longer_than_the_longest_example():
+    # shared lengths 9, 5, 4, 3, 2: rows 9 | 5 + 4 | 3 + 2, the longest row as long as the longest example
+    examples = [_example(3, 3, 3), _example(1, 2, 2), _example(2, 1, 1), _example(1, 1, 1), _example(1, 1)]
+    assert [ex.num_tokens_shared for ex in examples] == [9, 5, 4, 3, 2]
+    batch = Collator(0, "shared", max_row_tokens="longest")(examples)
+    assert _row_lengths(batch) == [9, 9, 5]
+    assert batch.input_ids.shape == (3, 9)
+
+
 def test_run_collator_budget():
-    assert run_collator(DataConfig(max_length=300, max_prompt_length=100), 0, "shared").max_row_tokens == 300
+    assert run_collator(DataConfig(), 0, "shared").max_row_tokens == "longest"  # the default, "auto"
     assert run_collator(DataConfig(max_row_tokens=None), 0, "shared").max_row_tokens is None
     assert run_collator(DataConfig(max_row_tokens=64), 0, "shared").max_row_tokens == 64
     assert run_collator(DataConfig(), 0, "plain").max_row_tokens is None  # plain rows are never packed
