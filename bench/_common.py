@@ -85,14 +85,12 @@ class RunResult:
             json.dump(asdict(self), handle)
 
 
-def pin_threads(threads: int) -> None:
-    """Same intra-op thread count for every contender (set before torch does any work), and the
-    same CPU settings pluralign's trainer makes: denormals flushed and freed memory kept for reuse
-    (``pluralign.train.setup.reuse_freed_memory``), in every contender, so the ratios measure the
-    layout and caching, not those settings."""
+def cpu_settings() -> None:
+    """The CPU settings pluralign's run set-up makes, for every contender of a benchmark, so the
+    ratios measure the loops, not those settings: denormals flushed, and freed memory kept for reuse
+    (``pluralign.train.setup.reuse_freed_memory``)."""
     import torch
 
-    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     try:
         from pluralign.train.setup import reuse_freed_memory
@@ -100,6 +98,15 @@ def pin_threads(threads: int) -> None:
         pass
     else:
         reuse_freed_memory()
+
+
+def pin_threads(threads: int) -> None:
+    """Same intra-op thread count for every contender (set before torch does any work), and the same
+    :func:`cpu_settings`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cpu_settings()
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (interop threads can only be set once, before any parallel work)

@@ -173,14 +173,11 @@ def run_trl(spec: dict, kind: str) -> dict:
 
 def child(spec_path: str, contender: str) -> None:
     import torch
-
-    from pluralign.train.setup import reuse_freed_memory
+    from _common import cpu_settings
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
-    # the CPU settings pluralign's run set-up makes, in every contender: the ratios measure the loops
-    torch.set_flush_denormal(True)
-    reuse_freed_memory()
+    cpu_settings()
     torch.manual_seed(0)
     out = run_pluralign(spec) if contender == "pluralign" else run_trl(spec, contender.split("_")[1])
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
