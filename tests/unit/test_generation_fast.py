@@ -27,7 +27,9 @@ def lm():
 @torch.no_grad()
 def reference_generate(model, pad_id, end_ids, prompts, params):
     """k copies of each prompt, left-padded; per step: the 2D mask grown by concatenation,
-    torch.multinomial on softmax(warp(logits)), finished rows fed padding and kept in the batch."""
+    inversion sampling on softmax(warp(logits)) (one float64 uniform per row: the number of
+    tokens whose cumulative probability is <= u * total), finished rows fed padding and kept in
+    the batch."""
     rows = [list(p) for p in prompts for _ in range(params.num_completions)]
     N, P = len(rows), max(len(p) for p in rows)
     ids = torch.full((N, P), pad_id)
@@ -47,7 +49,9 @@ def reference_generate(model, pad_id, end_ids, prompts, params):
         if params.greedy:
             nxt = logits.argmax(-1)
         else:
-            nxt = torch.multinomial(warp_logits(logits, params).softmax(-1), 1, generator=gen).squeeze(-1)
+            u = torch.rand((N, 1), dtype=torch.float64, generator=gen)
+            cdf = warp_logits(logits, params).softmax(-1).double().cumsum(-1)
+            nxt = (cdf <= u * cdf[:, -1:]).sum(-1)
         nxt = torch.where(alive, nxt, pad_id)
         tokens.append(nxt)
         logps.append(torch.where(alive, logp_all.gather(-1, nxt[:, None]).squeeze(-1), 0.0))
