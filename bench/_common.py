@@ -100,6 +100,23 @@ def cpu_settings() -> None:
         reuse_freed_memory()
 
 
+def cpu_description() -> dict:
+    """The CPU's model name and the flags that decide matmul speed (AVX-512, its bf16 instructions,
+    AMX), from /proc/cpuinfo; results from machines with and without AMX differ several-fold in bf16."""
+    model, flags = "", []
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    kept = sorted(f for f in set(flags) if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2", "avx512_fp16")))
+    return {"cpu_model": model, "cpu_flags": kept}
+
+
 def pin_threads(threads: int) -> None:
     """Same intra-op thread count for every contender (set before torch does any work), and the same
     :func:`cpu_settings`."""

@@ -216,6 +216,7 @@ def main() -> None:
     import torch
     import transformers
     import trl
+    from _common import cpu_description
 
     from pluralign.models import load_model, load_tokenizer, packaged_model_folder
     from pluralign.rl.scoring import encode_prompt
@@ -277,7 +278,7 @@ def main() -> None:
                                                                                            "num_prompts": len(spec["prompts"])},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                      "python": platform.python_version()},
-        "machine": {"cpus": os.cpu_count(), "load_average_1min": load,
+        "machine": {"cpus": os.cpu_count(), **cpu_description(), "load_average_1min": load,
                     "note": "load average above: near or below the thread count means a quiet machine, far above "
                             "it a shared one, where wall times swing between rounds; the headline is completions "
                             "per CPU-second of each contender's timed steps (its process CPU time), best round of "

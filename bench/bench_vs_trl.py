@@ -40,7 +40,7 @@ sys.path.insert(0, str(BENCH_DIR))
 if (REPO_ROOT / "src" / "pluralign").is_dir():
     sys.path.insert(1, str(REPO_ROOT / "src"))
 
-from _common import Baton, RunResult, RunSpec, child_environment  # noqa: E402
+from _common import Baton, RunResult, RunSpec, child_environment, cpu_description  # noqa: E402
 
 CONTENDERS = ("trl", "pluralign", "plain")
 TARGETS = {"hh": 2.0, "synthetic": 1.3}  # pluralign / TRL, comparisons per second (hh: 1.5 below max_length 1024)
@@ -156,16 +156,6 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 5, dtypes=("fp32"
             best = min(best, time.perf_counter() - start)
         peaks[name] = 2 * size**3 / best
     return peaks
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags that decide matmul speed (AVX-512, AMX)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted(f for f in set(flags) if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2", "avx512_fp16")))
 
 
 class Contender:
@@ -370,7 +360,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,
-        "cpu_flags": cpu_flags(),
+        **cpu_description(),
     }
     print(f"TRL {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}; "
           f"{os.cpu_count()} CPU cores ({' '.join(machine['cpu_flags'])}), {args.threads} torch threads per contender; "
