@@ -267,9 +267,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen, num_rows: int
     is the first token whose cumulative probability exceeds u * sum(p) (in float64, so rounding
     cannot push the target past the last token of nonzero probability; the target is capped just
     below the total for the same reason). One uniform per row replaces the vocabulary-wide
-    exponential noise ``torch.multinomial`` draws (the whole step took 326 -> 101 us for 32 rows
-    of a 258-token vocabulary, 32 -> 9 ms for 16 rows of 49k, one thread); the tokens follow the
-    same distribution but are not multinomial's draws. The uniforms are drawn for all ``num_rows`` rows of the
+    exponential noise ``torch.multinomial`` draws (the whole step is 2.3-3.7x faster,
+    ``bench/bench_sampler.py``); the tokens follow the same distribution but are not
+    multinomial's draws. The uniforms are drawn for all ``num_rows`` rows of the
     batch even when only ``rows`` (the rows still decoded, after finished ones left) are sampled,
     so that every row's draws are the same whether or not other rows left the batch.
     """
