@@ -40,7 +40,7 @@ def multinomial_step(logits: torch.Tensor, gen: torch.Generator):
     return nxt, logp_all.gather(-1, nxt[:, None]).squeeze(-1), entropy
 
 
-def best_per_call(fn, calls: int) -> float:
+def mean_per_call(fn, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -64,10 +64,10 @@ def main() -> None:
                  "multinomial": lambda: multinomial_step(logits, gen)}
         best = {side: float("inf") for side in sides}
         for fn in sides.values():  # warm-up
-            best_per_call(fn, 3)
+            mean_per_call(fn, 3)
         for _ in range(args.repeats):
             for side, fn in sides.items():
-                best[side] = min(best[side], best_per_call(fn, args.calls))
+                best[side] = min(best[side], mean_per_call(fn, args.calls))
         results[name] = {"microseconds_per_step": {s: t * 1e6 for s, t in best.items()},
                          "multinomial_over_pluralign": best["multinomial"] / best["pluralign"]}
         print(f"{name}: pluralign {best['pluralign'] * 1e6:.0f} us, torch.multinomial {best['multinomial'] * 1e6:.0f} us "

@@ -264,9 +264,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen, num_rows: int
     own distribution pi = softmax(logits) (temperature 1, unfiltered).
 
     Sampling draws a ~ p = softmax(warp_logits(logits)) by inversion: one uniform u per row, and a
-    is the first token whose cumulative probability exceeds u * sum(p) (in float64, so rounding
-    cannot push the target past the last token of nonzero probability; the target is capped just
-    below the total for the same reason). One uniform per row replaces the vocabulary-wide
+    is the first token whose cumulative probability exceeds u * sum(p). The cumulative sum is in
+    float64, so its rounding shifts no token's probability measurably, and the target is capped
+    just below the total, so it never passes the last token of nonzero probability. One uniform per row replaces the vocabulary-wide
     exponential noise ``torch.multinomial`` draws (the whole step is 2.3-3.7x faster,
     ``bench/bench_sampler.py``); the tokens follow the same distribution but are not
     multinomial's draws. The uniforms are drawn for all ``num_rows`` rows of the
