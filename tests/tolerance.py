@@ -12,14 +12,16 @@ import torch
 FP32_REL = 1e-5
 
 
-def max_scaled_diff(actual, expected) -> float:
-    """max |actual - expected| / max(|expected|, |actual|, tiny)."""
+def max_scaled_diff(actual, expected, scale: float | None = None) -> float:
+    """max |actual - expected| / max(|expected|, |actual|, tiny), or / ``scale`` where given: the
+    magnitude of the terms a difference was formed from (its rounding error follows theirs, not its own)."""
     actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
-    scale = torch.maximum(actual.abs().max(), expected.abs().max()).clamp_min(1e-30)
-    return float((actual - expected).abs().max() / scale)
+    if scale is None:
+        scale = torch.maximum(actual.abs().max(), expected.abs().max())
+    return float((actual - expected).abs().max() / max(float(scale), 1e-30))
 
 
-def assert_close_scaled(actual, expected, rel: float = FP32_REL, what: str = "values"):
+def assert_close_scaled(actual, expected, rel: float = FP32_REL, what: str = "values", scale: float | None = None):
     assert torch.as_tensor(actual).shape == torch.as_tensor(expected).shape, what
-    d = max_scaled_diff(actual, expected)
-    assert d <= rel, f"{what}: max |diff| / max |value| = {d:.3g} > {rel:.3g}"
+    d = max_scaled_diff(actual, expected, scale)
+    assert d <= rel, f"{what}: max |diff| / {'scale' if scale is not None else 'max |value|'} = {d:.3g} > {rel:.3g}"

@@ -62,8 +62,8 @@ def test_two_processes_equal_one(name, two_process, tmp_path):
     # a margin is chosen - rejected: its rounding error scales with the rewards, not with the
     # (smaller, cancelling) margin, so it is compared at their scale (1.05e-5 of the margin seen)
     scale = max(abs(r[k]) for r in one + two for k in ("rewards/chosen", "rewards/rejected"))
-    margins = [(a["rewards/margins"], b["rewards/margins"]) for a, b in zip(one, two)]
-    assert max(abs(a - b) for a, b in margins) <= 2 * FP32_REL * scale, margins
+    assert_close_scaled([r["rewards/margins"] for r in two], [r["rewards/margins"] for r in one],
+                        rel=2 * FP32_REL, what="rewards/margins", scale=scale)
     evals = [(a["eval_loss"], b["eval_loss"]) for a, b in zip(one, two) if "eval_loss" in a]
     assert len(evals) == 2 and all("eval_loss" in b for a, b in zip(one, two) if "eval_loss" in a)
     assert_close_scaled([b for _, b in evals], [a for a, _ in evals], what="eval_loss")
