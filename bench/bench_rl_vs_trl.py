@@ -17,6 +17,13 @@ AdamW at the same learning rate, fp32, CPU, and in every contender the CPU setti
 set-up makes (denormals flushed, freed memory kept for reuse). The smollm2 defaults (4 prompts x k = 4 per step, 1
 warm-up and 2 timed steps, 1 round) keep the whole run to a few minutes on 2 cores.
 
+Contenders: ``pluralign`` (eager), ``pluralign_compile`` (the same run with ``model.compile``: the
+decode step and the scoring forward/backward under torch.compile, :mod:`pluralign.compiling`),
+``trl_rloo`` and ``trl_grpo``; on request also ``trl_rloo_compile`` / ``trl_grpo_compile`` (TRL with
+its own ``torch_compile=True``). Compiling happens in the warm-up steps, which are not timed; each
+contender's ``warmup_seconds`` says what they cost (inductor caches compiled code on disk, so a
+later process compiles the same graphs faster than the first).
+
 Each contender runs in its own subprocess (its peak RSS is its own, model load included); the
 contenders take turns, ``--rounds`` times, and each keeps its fastest round. On a machine shared
 with other jobs wall times swing several-fold from one minute to the next, so the headline number
@@ -42,7 +49,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = ("pluralign", "trl_rloo", "trl_grpo")
+CONTENDERS = ("pluralign", "pluralign_compile", "trl_rloo", "trl_grpo")
+# also runnable: trl_rloo_compile, trl_grpo_compile (TRL with its torch_compile=True)
+ALL_CONTENDERS = CONTENDERS + ("trl_rloo_compile", "trl_grpo_compile")
 
 
 def letter_reward(prompts, completions, **kwargs):
@@ -77,7 +86,7 @@ def hh_chat_prompts(tokenizer, num: int, max_tokens: int) -> list[str]:
     raise SystemExit(f"{HH_PATH}: found {len(chosen)} first user turns of at most {max_tokens} tokens, needed {num}")
 
 
-def run_pluralign(spec: dict) -> dict:
+def run_pluralign(spec: dict, compile: bool = False) -> dict:
     from pluralign.models import load_tokenizer
     from pluralign.rl.config import RLConfig, RLRunConfig
     from pluralign.rl.training import train_rl
@@ -90,7 +99,7 @@ def run_pluralign(spec: dict) -> dict:
     steps = spec["warmup"] + spec["steps"]
     rl = RLConfig(reward="functions", penalty="kl", beta=spec["beta"], num_completions=spec["k"],
                   max_new_tokens=spec["max_new_tokens"], eval_world=False)
-    cfg = RLRunConfig(model=ModelConfig(name=spec["model_name"]), data=DataConfig(world=None), rl=rl,
+    cfg = RLRunConfig(model=ModelConfig(name=spec["model_name"], compile=compile), data=DataConfig(world=None), rl=rl,
                       optim=OptimConfig(lr=spec["lr"], scheduler="constant", max_grad_norm=1.0),
                       train=TrainConfig(output_dir=spec["work_dir"], batch_size=spec["prompts_per_step"], max_steps=steps,
                                         log_every=1, save_every=None, progress_bar=False, overwrite=True, seed=0,
@@ -103,13 +112,14 @@ def run_pluralign(spec: dict) -> dict:
     result = train_rl(cfg, model=model, tokenizer=tokenizer, prompts=spec["prompts"], reward_functions=[letter_reward],
                       on_log=on_log)
     rows = [r for r in result.history if r["step"] > spec["warmup"]]  # (the history also holds on_log's step 0)
-    return {"step_seconds": [r["step_seconds"] for r in rows], "cpu_seconds": cpu[steps] - cpu[spec["warmup"]],
+    warmup = [r["step_seconds"] for r in result.history if 0 < r["step"] <= spec["warmup"]]
+    return {"step_seconds": [r["step_seconds"] for r in rows], "warmup_seconds": sum(warmup), "cpu_seconds": cpu[steps] - cpu[spec["warmup"]],
             "generation": sum(r["time/generation"] for r in rows), "scoring": sum(r["time/scoring"] for r in rows),
             "update": sum(r["time/update"] for r in rows),
             "mean_length": sum(r["completions/mean_length"] for r in rows) / len(rows)}
 
 
-def run_trl(spec: dict, kind: str) -> dict:
+def run_trl(spec: dict, kind: str, compile: bool = False) -> dict:
     import torch
     import transformers
     from datasets import Dataset
@@ -130,7 +140,7 @@ def run_trl(spec: dict, kind: str) -> dict:
                       learning_rate=spec["lr"], lr_scheduler_type="constant", max_grad_norm=1.0, max_steps=steps,
                       steps_per_generation=1, num_iterations=1, logging_steps=10_000, save_strategy="no",
                       report_to=[], use_cpu=True, seed=0, bf16=False, gradient_checkpointing=False,
-                      disable_tqdm=True, dataloader_num_workers=0)
+                      disable_tqdm=True, dataloader_num_workers=0, torch_compile=compile)
     prompts = spec["prompts"] * (steps * spec["prompts_per_step"] // len(spec["prompts"]) + 1)
     trainer = trainer_cls(model=model, reward_funcs=[letter_reward], args=args,
                           train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer)
@@ -149,15 +159,14 @@ def run_trl(spec: dict, kind: str) -> dict:
         return wrapper
 
     state = {"step": 0, "t": 0.0}
-    step_seconds, cpu = [], {}
+    step_seconds, warmup_seconds, cpu = [], [], {}
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **kw):
             state["t"] = time.perf_counter()
 
         def on_step_end(self, *a, **kw):
-            if state["step"] >= spec["warmup"]:
-                step_seconds.append(time.perf_counter() - state["t"])
+            (step_seconds if state["step"] >= spec["warmup"] else warmup_seconds).append(time.perf_counter() - state["t"])
             state["step"] += 1
             cpu[state["step"]] = time.process_time()
 
@@ -166,7 +175,7 @@ def run_trl(spec: dict, kind: str) -> dict:
     trainer.add_callback(Clock())
     trainer.train()
     total = sum(step_seconds)
-    return {"step_seconds": step_seconds, "cpu_seconds": cpu[steps] - cpu[spec["warmup"]], "generation": spent["generation"],
+    return {"step_seconds": step_seconds, "warmup_seconds": sum(warmup_seconds), "cpu_seconds": cpu[steps] - cpu[spec["warmup"]], "generation": spent["generation"],
             "scoring": spent["generate_and_score"] - spent["generation"], "update": total - spent["generate_and_score"],
             "mean_length": sum(lengths) / max(1, len(lengths))}
 
@@ -179,7 +188,11 @@ def child(spec_path: str, contender: str) -> None:
     torch.set_num_threads(spec["threads"])
     cpu_settings()
     torch.manual_seed(0)
-    out = run_pluralign(spec) if contender == "pluralign" else run_trl(spec, contender.split("_")[1])
+    compile = contender.endswith("_compile")
+    if contender.startswith("pluralign"):
+        out = run_pluralign(spec, compile)
+    else:
+        out = run_trl(spec, contender.split("_")[1], compile)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -203,7 +216,7 @@ def main() -> None:
     ap.add_argument("--max-prompt-tokens", type=int, default=64, help="smollm2: longest HH-RLHF prompt kept, in tokens")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(ALL_CONTENDERS)}")
     ap.add_argument("--json", default=None, help="write the result here (e.g. bench/results/rl_tiny.json)")
     ap.add_argument("--child", nargs=2, metavar=("SPEC", "CONTENDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -262,16 +275,18 @@ def main() -> None:
             print(f"round {r + 1} {name}: {res['completions_per_cpu_second']:.1f} completions per CPU-second, "
                   f"{res['completions_per_second']:.1f} per wall second "
                   f"(generation {res['generation']:.2f} s, scoring {res['scoring']:.2f} s, update {res['update']:.2f} s, "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MiB, mean length {res['mean_length']:.1f})", flush=True)
+                  f"peak RSS {res['peak_rss_mb']:.0f} MiB, mean length {res['mean_length']:.1f}, "
+                  f"warm-up steps {res['warmup_seconds']:.1f} s)", flush=True)
             rounds.setdefault(name, []).append({k: res[k] for k in ("completions_per_cpu_second", "completions_per_second")})
             if name not in best or res["completions_per_cpu_second"] > best[name]["completions_per_cpu_second"]:
                 best[name] = res
             load.append(os.getloadavg()[0])
-    base = best.get("pluralign")
-    ratios = {name: {"completions_per_cpu_second": base["completions_per_cpu_second"] / r["completions_per_cpu_second"],
-                     "completions_per_wall_second": base["completions_per_second"] / r["completions_per_second"],
-                     "peak_rss": base["peak_rss_mb"] / r["peak_rss_mb"]}
-              for name, r in best.items() if base is not None and name != "pluralign"}
+    # "<pluralign variant>_over": that variant's ratios to every other contender
+    ratios = {f"{mine}_over": {name: {"completions_per_cpu_second": base["completions_per_cpu_second"] / r["completions_per_cpu_second"],
+                                      "completions_per_wall_second": base["completions_per_second"] / r["completions_per_second"],
+                                      "peak_rss": base["peak_rss_mb"] / r["peak_rss_mb"]}
+                               for name, r in best.items() if name != mine}
+              for mine, base in best.items() if mine.startswith("pluralign")}
     summary = {
         "what": f"on-policy RL steps, {WHAT[args.model]}, CPU fp32, transformers generation",
         "settings": {k: v for k, v in spec.items() if k not in ("model_dir", "prompts")} | {"rounds": args.rounds,
@@ -284,10 +299,10 @@ def main() -> None:
                             "per CPU-second of each contender's timed steps (its process CPU time), best round of "
                             "each; the generation / scoring / update split is of wall time"},
         "contenders": best, "rounds": rounds,
-        "pluralign_over": ratios,
+        **ratios,
         "command": "PYTHONPATH=src python bench/bench_rl_vs_trl.py " + " ".join(sys.argv[1:]),
     }
-    print(json.dumps({"pluralign_over": ratios}, indent=2))
+    print(json.dumps(ratios, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
 

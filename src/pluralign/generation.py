@@ -148,7 +148,8 @@ class TransformersGenerator:
     the remaining steps compute only live rows (None: never; the tokens drawn are the same either
     way, see :func:`sample_next`). ``lean`` (default True): decode steps of Llama, Qwen2 and Mistral
     models call the model's weights directly (:class:`pluralign.llama_decode.LlamaDecodeStep`, the
-    same operations as their forward; other models, or False, go through the forward).
+    same operations as their forward; other models, or False, go through the forward). ``compile``
+    (``model.compile``): that lean decode step runs under torch.compile (:mod:`pluralign.compiling`).
 
     Per decode step the work outside the model is a handful of tensor ops, run in inference mode:
     the attention mask is a view of one buffer allocated per batch (with SDPA, the 4D mask
@@ -159,7 +160,7 @@ class TransformersGenerator:
     """
 
     def __init__(self, model, tokenizer, *, prefill_once: bool = True, batch_size: int | None = None,
-                 compact_at: float | None = 0.25, lean: bool = True):
+                 compact_at: float | None = 0.25, lean: bool = True, compile: bool = False):
         if compact_at is not None and not 0 < compact_at <= 1:
             raise ValueError(f"TransformersGenerator.compact_at: expected in (0, 1] or None, got {compact_at}")
         self.model, self.tokenizer = model, tokenizer
@@ -169,6 +170,11 @@ class TransformersGenerator:
         self.batch_size = batch_size
         self.compact_at = compact_at
         self.lean = lean
+        self.decode_step = LlamaDecodeStep.__call__
+        if compile:
+            from pluralign.compiling import CompiledOrEager
+
+            self.decode_step = CompiledOrEager(LlamaDecodeStep.__call__, "the decode step")
 
     def sync_weights(self, model) -> None:
         self.model = model
@@ -253,7 +259,7 @@ class TransformersGenerator:
                 mask.select(keep)
             pos = pos + 1
             if lean is not None:
-                logits = lean(nxt, pos, mask.grow())
+                logits = self.decode_step(lean, nxt, pos, mask.grow())
             else:
                 logits = call(self.model, nxt[:, None], mask.grow(), pos, cache)
         return _finish(tokens[:, :width], logps[:, :width], ents[:, :width], end_ids, self.pad_id)

@@ -89,6 +89,20 @@ def checked_fast_head(model: nn.Module) -> tuple[bool, str]:
     return _HEAD_CHECKS[model]
 
 
+# One compiled wrapper per decoder module, kept outside the module so that state dicts, copies
+# and process wrappers of the scorer never see it.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_decoder(decoder: nn.Module):
+    """``decoder`` under torch.compile (:class:`pluralign.compiling.CompiledOrEager`), built once per module."""
+    if decoder not in _COMPILED:
+        from pluralign.compiling import CompiledOrEager
+
+        _COMPILED[decoder] = CompiledOrEager(decoder, "the decoder forward")
+    return _COMPILED[decoder]
+
+
 def shared_prefix_mask(doc_ids: torch.Tensor, part_ids: torch.Tensor, dtype: torch.dtype,
                        position_ids: torch.Tensor | None = None, sliding_window: int | None = None) -> torch.Tensor:
     """Additive 4-D mask [R, 1, L, L]: token i sees j iff j <= i, same prompt block, and j is in the
@@ -157,13 +171,17 @@ class SequenceLogprobs(nn.Module):
     ``attention_path`` says what was chosen and why; ``kernel_batches`` / ``dense_batches`` count
     the shared-layout forwards that took each path. ``logits_path`` says whether logits are formed
     from the decoder's hidden states by lm_head alone (checked once, :func:`check_fast_head`) or
-    taken from the model's full forward.
+    taken from the model's full forward. ``compile`` (``model.compile``): the decoder forward of
+    batches that do not take the prefix-shared kernel runs under torch.compile
+    (:mod:`pluralign.compiling`; the fast-head path only).
     """
 
-    def __init__(self, model: nn.Module, chunk_tokens: int | None = 4096, prefix_attention: bool | None = None):
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = 4096, prefix_attention: bool | None = None,
+                 compile: bool = False):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.compile = compile
         self.kernel_batches = self.dense_batches = 0
         self.always_kernel = bool(prefix_attention)
         self.fast_head, self.logits_path = checked_fast_head(model)
@@ -207,6 +225,8 @@ class SequenceLogprobs(nn.Module):
         inputs = model_inputs(batch, next(self.model.parameters()).dtype, segments, unwrap_peft(self.model).config)
         if self.fast_head:
             decoder, head = split_decoder_and_head(self.model)
+            if self.compile and segments is None:  # the kernel's per-piece calls stay eager
+                decoder = compiled_decoder(decoder)
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             picked = hidden[batch.gather_row, batch.gather_pos]
             token_logps = self._chunked(picked, head, batch.gather_target)

@@ -178,7 +178,8 @@ class _Scorer:
     def _module(self, model):
         if id(model) not in self.modules:
             self.modules[id(model)] = SequenceLogprobs(model, chunk_tokens=self.cfg.train.chunk_tokens,
-                                                       prefix_attention=self.cfg.model.prefix_attention)
+                                                       prefix_attention=self.cfg.model.prefix_attention,
+                                                       compile=self.cfg.model.compile)
         return self.modules[id(model)]
 
     def table(self, model, data, layout, context=None):

@@ -99,8 +99,8 @@ class FreeTextSource:
         self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, list(prompts)
         self.sampler, self.labeler, self.reference, self.probe, self.pool = sampler, labeler, reference, probe, pool
         self.prompt_ids = [encode_prompt(tokenizer, p)[-cfg.data.max_prompt_length:] for p in self.prompts]
-        self.policy = TransformersGenerator(policy, tokenizer)
-        self.initial = TransformersGenerator(reference.module.model, tokenizer)
+        self.policy = TransformersGenerator(policy, tokenizer, compile=cfg.model.compile)
+        self.initial = TransformersGenerator(reference.module.model, tokenizer, compile=cfg.model.compile)
         o = cfg.online
         self.params = dict(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k)
 

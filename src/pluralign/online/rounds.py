@@ -160,7 +160,8 @@ def train_online(cfg: OnlineRunConfig, *, model=None, tokenizer=None, problem: O
                                cfg.data.max_prompt_length)
 
     model = build_policy(cfg.model, tokenizer, model).to(device)
-    scorer = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
+    scorer = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention,
+                              compile=cfg.model.compile)
     state_dir = out / "online"
     if generate:
         reference = frozen_initial_model(cfg, accelerator, model, tokenizer, out)

@@ -161,7 +161,8 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
     per_epoch = len(prompts) // (bs * accum * world_size)
 
     model = build_policy(cfg.model, tokenizer, model).to(device)
-    policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
+    policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention,
+                              compile=cfg.model.compile)
     collator = Collator(tokenizer.pad_token_id, "plain" if cfg.data.layout == "plain" else "shared")
     reference = None
     if rl.penalty in NEEDS_REFERENCE:  # a live reference: rollouts change every step, nothing to cache
@@ -180,7 +181,7 @@ def train_rl(cfg: RLRunConfig, *, model=None, tokenizer=None, prompts=None, rewa
     run = wire_training(accelerator, cfg, policy, out, total_steps, config, f"rl/{rl.penalty}", export=lambda m: m.model,
                         prefix=prefix, schedule_steps=total_steps * update.updates_per_step)
     policy = run.module
-    generator = TransformersGenerator(accelerator.unwrap_model(policy).model, tokenizer)
+    generator = TransformersGenerator(accelerator.unwrap_model(policy).model, tokenizer, compile=cfg.model.compile)
     sampling = dict(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                     num_completions=rl.num_completions)
     rank = accelerator.process_index

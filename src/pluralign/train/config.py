@@ -39,6 +39,7 @@ class ModelConfig:
     attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | None (model default)
     prefix_attention: bool | None = None  # shared layout: prefix-shared SDPA kernel (None = when the model supports it)
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile log-prob scoring and the decode step (pluralign.compiling); first steps compile
     lora: LoraConfig | None = None  # train LoRA adapters; the reference is the base with adapters off
     seed: int = 0  # initialisation seed of the offline tiny models
 

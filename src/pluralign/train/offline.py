@@ -103,7 +103,8 @@ def train(cfg: RunConfig, *, model=None, tokenizer=None, records=None, eval_reco
     per_epoch, total_steps = _steps(cfg, len(data), accelerator.num_processes)
 
     model = build_policy(cfg.model, tokenizer, model)
-    policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention)
+    policy = SequenceLogprobs(model, chunk_tokens=cfg.train.chunk_tokens, prefix_attention=cfg.model.prefix_attention,
+                              compile=cfg.model.compile)
     layout = choose_layout(cfg.data.layout, policy.to(device), data, tokenizer.pad_token_id, cfg.train.batch_size, device,
                            shared=run_collator(cfg.data, tokenizer.pad_token_id, "shared"))
     collator = run_collator(cfg.data, tokenizer.pad_token_id, layout)

@@ -200,7 +200,7 @@ def build_reference(cfg, accelerator, model, tokenizer, parts, collator, out: Pa
     if ref_model is not None:
         ref_model.requires_grad_(False).eval().to(device)
     module = SequenceLogprobs(ref_model if ref_model is not None else model, chunk_tokens=cfg.train.chunk_tokens,
-                              prefix_attention=cfg.model.prefix_attention).to(device)
+                              prefix_attention=cfg.model.prefix_attention, compile=cfg.model.compile).to(device)
     live = LiveReference(module, peft_policy)
     if not cfg.reference.precompute:
         return [None if part is None else live for part in parts]
