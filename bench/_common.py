@@ -63,6 +63,7 @@ class RunResult:
     tokens_timed: int = 0  # non-padding input tokens fed to the model in the timed steps
     padded_tokens_timed: int = 0  # the same, padding included
     logit_tokens_timed: int = 0  # non-padding positions whose logits were formed (FLOP count of lm_head)
+    attention_pairs_timed: int = 0  # (query, key) pairs the causal attention must score, padding excluded
     peak_rss_mb: float = 0.0
     load_average: list[float] = field(default_factory=list)  # 1-minute load average at the end (machine busy?)
     step_seconds: list[float] = field(default_factory=list)  # every step of every pass
@@ -128,6 +129,30 @@ def pin_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (interop threads can only be set once, before any parallel work)
         pass
+
+
+def causal_attention_pairs(attention_mask) -> int:
+    """(query, key) pairs of causal attention over rows of one sequence each, padding excluded:
+    n (n + 1) / 2 for a row of n real tokens (the count the step's attention FLOPs follow)."""
+    n = attention_mask.sum(dim=-1).long()
+    return int((n * (n + 1) // 2).sum())
+
+
+def shared_layout_attention_pairs(batch) -> int:
+    """(query, key) pairs of the prefix-shared attention in a pluralign batch: in each row, a
+    document's prompt of p tokens attends causally to itself (p (p + 1) / 2 pairs) and each of its
+    responses of r tokens attends to the whole prompt and causally to itself (r p + r (r + 1) / 2)."""
+    import torch
+
+    pairs = 0
+    for doc_row, part_row in zip(batch.doc_ids, batch.part_ids):
+        real = doc_row >= 0
+        segments, lengths = torch.unique(torch.stack([doc_row[real], part_row[real]], dim=1), dim=0,
+                                         return_counts=True)
+        prompt = {int(d): int(n) for (d, part), n in zip(segments, lengths) if int(part) == 0}
+        for (doc, part), n in zip(segments.tolist(), lengths.tolist()):
+            pairs += n * (n + 1) // 2 + (0 if part == 0 else n * prompt.get(doc, 0))
+    return pairs
 
 
 def peak_rss_mb() -> float:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 
-from _common import (Baton, RunResult, RunSpec, autocast, fold_step_times, optimizer_step, pin_threads,
-                     tokenized_examples, tokenized_pairs)
+from _common import (Baton, RunResult, RunSpec, autocast, causal_attention_pairs, fold_step_times, optimizer_step,
+                     pin_threads, tokenized_examples, tokenized_pairs)
 from _workloads import pair_view, records_from_json
 
 
@@ -129,6 +129,7 @@ def _train(spec: RunSpec, baton: Baton, model, result: RunResult, plan, step_los
                 result.tokens_timed += int(attention.sum())
                 result.logit_tokens_timed += int(attention.sum())
                 result.padded_tokens_timed += attention.numel()
+                result.attention_pairs_timed += causal_attention_pairs(attention)
             resumed = baton.handoff()
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
     result.losses = [float(x) for x in losses]

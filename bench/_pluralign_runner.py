@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Baton, RunResult, RunSpec, autocast, fold_step_times, optimizer_step, pin_threads
+from _common import (Baton, RunResult, RunSpec, autocast, fold_step_times, optimizer_step, pin_threads,
+                     shared_layout_attention_pairs)
 from _workloads import records_from_json
 
 HUGE = 1 << 20  # texts are capped by the workload; nothing may be truncated again
@@ -65,6 +66,7 @@ def _count_tokens(result: RunResult, spec: RunSpec, data, collate) -> None:
         result.tokens_timed += batch.num_tokens
         result.logit_tokens_timed += batch.gather_target.numel()  # logits only where response tokens are predicted
         result.padded_tokens_timed += batch.input_ids.numel()
+        result.attention_pairs_timed += shared_layout_attention_pairs(batch)
 
 
 def _run_trainer(spec: RunSpec, baton: Baton) -> RunResult:
