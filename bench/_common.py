@@ -131,27 +131,29 @@ def pin_threads(threads: int) -> None:
         pass
 
 
-def causal_attention_pairs(attention_mask) -> int:
-    """(query, key) pairs of causal attention over rows of one sequence each, padding excluded:
-    n (n + 1) / 2 for a row of n real tokens (the count the step's attention FLOPs follow)."""
-    n = attention_mask.sum(dim=-1).long()
+def causal_attention_pairs(row_lengths) -> int:
+    """(query, key) pairs of causal attention over rows of one sequence each, given each row's
+    real (non-padding) token count n: n (n + 1) / 2 per row (the count the attention FLOPs follow)."""
+    n = row_lengths.long()
     return int((n * (n + 1) // 2).sum())
 
 
 def shared_layout_attention_pairs(batch) -> int:
-    """(query, key) pairs of the prefix-shared attention in a pluralign batch: in each row, a
-    document's prompt of p tokens attends causally to itself (p (p + 1) / 2 pairs) and each of its
-    responses of r tokens attends to the whole prompt and causally to itself (r p + r (r + 1) / 2)."""
-    import torch
+    """(query, key) pairs of the prefix-shared attention in a pluralign batch, over the pieces
+    ``pluralign.attention.prefix_segments`` finds: a prompt of p tokens attends causally to itself
+    (p (p + 1) / 2 pairs) and each of its responses of r tokens to the whole prompt and causally to
+    itself (r p + r (r + 1) / 2)."""
+    from pluralign.attention import prefix_segments
 
+    segments = prefix_segments(batch.doc_ids, batch.part_ids)
     pairs = 0
-    for doc_row, part_row in zip(batch.doc_ids, batch.part_ids):
-        real = doc_row >= 0
-        segments, lengths = torch.unique(torch.stack([doc_row[real], part_row[real]], dim=1), dim=0,
-                                         return_counts=True)
-        prompt = {int(d): int(n) for (d, part), n in zip(segments, lengths) if int(part) == 0}
-        for (doc, part), n in zip(segments.tolist(), lengths.tolist()):
-            pairs += n * (n + 1) // 2 + (0 if part == 0 else n * prompt.get(doc, 0))
+    for bounds, groups in zip(segments.bounds, segments.groups):
+        for p, responses in groups:
+            prompt = bounds[p + 1] - bounds[p]
+            pairs += prompt * (prompt + 1) // 2
+            for s in responses:
+                size = bounds[s + 1] - bounds[s]
+                pairs += size * prompt + size * (size + 1) // 2
     return pairs
 
 

@@ -129,7 +129,7 @@ def _train(spec: RunSpec, baton: Baton, model, result: RunResult, plan, step_los
                 result.tokens_timed += int(attention.sum())
                 result.logit_tokens_timed += int(attention.sum())
                 result.padded_tokens_timed += attention.numel()
-                result.attention_pairs_timed += causal_attention_pairs(attention)
+                result.attention_pairs_timed += causal_attention_pairs(attention.sum(dim=-1))
             resumed = baton.handoff()
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
     result.losses = [float(x) for x in losses]

@@ -71,7 +71,7 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             step_losses.append(loss.detach())
             mask = inputs["attention_mask"]
-            step_tokens.append((mask.sum(), mask.numel(), causal_attention_pairs(mask)))
+            step_tokens.append((mask.sum(dim=-1), mask.numel()))  # counted after training, untimed
             return loss
 
     step_losses: list = []
@@ -132,10 +132,10 @@ def run(spec: RunSpec, baton: Baton) -> RunResult:
     if len(step_losses) != total:
         raise RuntimeError(f"expected {total} losses, saw {len(step_losses)}")
     fold_step_times(result, step_seconds, spec.warmup_steps, spec.timed_steps)
-    for tokens, padded, attention_pairs in step_tokens[spec.warmup_steps : spec.warmup_steps + spec.timed_steps]:
-        result.tokens_timed += int(tokens)
-        result.logit_tokens_timed += int(tokens)
+    for row_lengths, padded in step_tokens[spec.warmup_steps : spec.warmup_steps + spec.timed_steps]:
+        result.tokens_timed += int(row_lengths.sum())
+        result.logit_tokens_timed += int(row_lengths.sum())
         result.padded_tokens_timed += int(padded)
-        result.attention_pairs_timed += attention_pairs
+        result.attention_pairs_timed += causal_attention_pairs(row_lengths)
     result.losses = [float(x) for x in step_losses]
     return result

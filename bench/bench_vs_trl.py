@@ -272,11 +272,11 @@ def summarize(workload: str, results: dict[str, RunResult], counts: dict | None 
               max_length: int = 512) -> dict:
     rows = {}
     for name, r in results.items():
-        flops = (6 * (counts["decoder_matmul_weights"] * r.tokens_timed + counts["head_weights"] * r.logit_tokens_timed)
-                 / r.timed_seconds) if counts else None
-        attention_flops = (counts.get("attention_flops_per_pair", 0) * r.attention_pairs_timed / r.timed_seconds
-                           if counts else None)
-        with_attention = flops + attention_flops if counts else None
+        flops = with_attention = None
+        if counts:
+            flops = (6 * (counts["decoder_matmul_weights"] * r.tokens_timed + counts["head_weights"] * r.logit_tokens_timed)
+                     / r.timed_seconds)
+            with_attention = flops + counts["attention_flops_per_pair"] * r.attention_pairs_timed / r.timed_seconds
         rows[name] = {
             "version": r.version,
             "comparisons_per_s": r.comparisons_per_second,
