@@ -131,6 +131,27 @@ def pin_threads(threads: int) -> None:
         pass
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def square_matmul_rate(dtype=None, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a size^3 ``torch.mm`` (2 * size^3 FLOPs) in ``dtype`` (default float32), best of
+    ``repeats``, at the current torch thread count: the matmul peak the benchmarks compare with."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats)
+
+
 def causal_attention_pairs(row_lengths) -> int:
     """(query, key) pairs of causal attention over rows of one sequence each, given each row's
     real (non-padding) token count n: n (n + 1) / 2 per row (the count the attention FLOPs follow)."""
@@ -145,15 +166,10 @@ def shared_layout_attention_pairs(batch) -> int:
     itself (r p + r (r + 1) / 2)."""
     from pluralign.attention import prefix_segments
 
-    segments = prefix_segments(batch.doc_ids, batch.part_ids)
     pairs = 0
-    for bounds, groups in zip(segments.bounds, segments.groups):
-        for p, responses in groups:
-            prompt = bounds[p + 1] - bounds[p]
-            pairs += prompt * (prompt + 1) // 2
-            for s in responses:
-                size = bounds[s + 1] - bounds[s]
-                pairs += size * prompt + size * (size + 1) // 2
+    for prompt, responses in prefix_segments(batch.doc_ids, batch.part_ids).group_sizes():
+        pairs += prompt * (prompt + 1) // 2
+        pairs += sum(size * prompt + size * (size + 1) // 2 for size in responses)
     return pairs
 
 

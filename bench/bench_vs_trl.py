@@ -40,7 +40,8 @@ sys.path.insert(0, str(BENCH_DIR))
 if (REPO_ROOT / "src" / "pluralign").is_dir():
     sys.path.insert(1, str(REPO_ROOT / "src"))
 
-from _common import Baton, RunResult, RunSpec, child_environment, cpu_description  # noqa: E402
+from _common import (Baton, RunResult, RunSpec, child_environment, cpu_description,  # noqa: E402
+                     square_matmul_rate)
 
 CONTENDERS = ("trl", "pluralign", "plain")
 TARGETS = {"hh": 2.0, "synthetic": 1.3}  # pluralign / TRL, comparisons per second (hh: 1.5 below max_length 1024)
@@ -148,20 +149,8 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 5, dtypes=("fp32"
     import torch
 
     torch.set_num_threads(threads)
-    peaks = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if name not in dtypes:
-            continue
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        torch.mm(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - start)
-        peaks[name] = 2 * size**3 / best
-    return peaks
+    return {name: square_matmul_rate(dtype, size, repeats)
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if name in dtypes}
 
 
 class Contender:

